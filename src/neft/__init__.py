@@ -1,0 +1,17 @@
+"""neft: neuron-level fine-tuning for Hugging Face causal language models."""
+
+__version__ = "0.1.0"
+
+from .errors import NeftError  # noqa: E402
+from .model import NeftConfig, NeftModel, get_neft_model  # noqa: E402
+from .neurons import NeuronGroup, NeuronSet, find_neuron_groups  # noqa: E402
+
+__all__ = [
+    "NeftConfig",
+    "NeftError",
+    "NeftModel",
+    "NeuronGroup",
+    "NeuronSet",
+    "find_neuron_groups",
+    "get_neft_model",
+]

@@ -1,0 +1,323 @@
+"""The engine: compact neuron deltas train exactly the selected neurons, save/load/merge
+exactly, and agree with the paper's gradient-masking reference."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from conftest import make_batch, make_model
+
+from neft import NeftConfig, NeftError, NeftModel, NeuronSet, find_neuron_groups, get_neft_model
+from neft.layers import NeuronDeltaLayer
+
+
+def pick_neurons(model: torch.nn.Module, per_group: int = 3, seed: int = 0) -> NeuronSet:
+    """A few neurons from every preset group of the model (rows and columns)."""
+    generator = torch.Generator().manual_seed(seed)
+    mapping: dict[str, dict[str, list[int]]] = {}
+    for group in find_neuron_groups(model):
+        picked = torch.randperm(group.count, generator=generator)[:per_group] + group.start
+        mapping.setdefault(group.module, {})[group.axis] = picked.tolist()
+    return NeuronSet.from_mapping(mapping, model)
+
+
+def train_steps(model: torch.nn.Module, steps: int = 3, lr: float = 1e-2,
+                optimizer: str = "adamw") -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.1) if optimizer == "adamw"
+           else torch.optim.SGD(params, lr=lr))
+    model.train()
+    for step in range(steps):
+        ids = make_batch(seed=step)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def logits(model: torch.nn.Module, seed: int = 99) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=make_batch(seed=seed)).logits
+
+
+def selected_mask(neurons: NeuronSet, module: str, shape: tuple[int, int]) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[neurons.get(module, "rows")] = True
+    mask[:, neurons.get(module, "cols")] = True
+    return mask
+
+
+def logical(weight: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    return weight.t() if type(module).__name__ == "Conv1D" else weight
+
+
+def test_presets_find_in_rows_and_out_columns(arch: str) -> None:
+    model = make_model(arch)
+    groups = find_neuron_groups(model)
+    assert [g.kind for g in groups] == ["up", "down"] * 2
+    assert {g.layer for g in groups} == {0, 1}
+    for group in groups:
+        module = model.get_submodule(group.module)
+        assert group.axis == ("rows" if group.kind == "up" else "cols")
+        assert group.count == (64 if arch == "gpt2" else 24)
+        if arch == "phi3" and group.kind == "up":
+            assert group.start == group.count  # fused [gate; up]: up is the second half
+        assert module is not None
+
+
+def test_gate_rows_are_optional() -> None:
+    groups = find_neuron_groups(make_model("llama"), include_gate=True)
+    assert sorted({g.kind for g in groups}) == ["down", "gate", "up"]
+    phi = find_neuron_groups(make_model("phi3"), include_gate=True)
+    gate = [g for g in phi if g.kind == "gate"][0]
+    assert (gate.module.endswith("gate_up_proj"), gate.start, gate.count) == (True, 0, 24)
+
+
+def test_unknown_architecture_says_how_to_name_modules() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    with pytest.raises(NeftError, match="target_modules="):
+        find_neuron_groups(model)
+    groups = find_neuron_groups(model, target_modules={"0": "rows", "2": "cols"})
+    assert [(g.module, g.axis, g.count, g.neuron_params) for g in groups] == [
+        ("0", "rows", 8, 4), ("2", "cols", 8, 4)]
+
+
+def test_gradients_reach_exactly_the_selected_neurons(arch: str) -> None:
+    model = make_model(arch)
+    neurons = pick_neurons(model)
+    neft = get_neft_model(model, NeftConfig(neurons=neurons))
+    ids = make_batch()
+    neft(input_ids=ids, labels=ids).loss.backward()
+    trainable = {n: p for n, p in neft.named_parameters() if p.requires_grad}
+    assert all("neft_delta" in n for n in trainable)
+    assert sum(p.numel() for p in trainable.values()) == neurons.num_parameters()
+    assert all(p.grad is None for n, p in neft.named_parameters() if "neft_delta" not in n)
+    for _, layer in neft.neft_layers():
+        assert layer.base_layer.weight.grad is None
+        for delta in (layer.neft_delta_rows, layer.neft_delta_cols):
+            assert delta.requires_grad == bool(delta.numel())  # empty axes stay frozen
+            if delta.numel():
+                assert delta.grad.shape == delta.shape and delta.grad.abs().sum() > 0
+
+
+def test_only_selected_weights_change_by_even_one_bit(arch: str) -> None:
+    model = make_model(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    neurons = pick_neurons(model)
+    neft = get_neft_model(model, NeftConfig(neurons=neurons))
+    train_steps(neft, optimizer="adamw")  # weight decay must not leak into frozen weights
+    merged = neft.merge_and_unload()
+    for name, value in merged.state_dict().items():
+        module_path = name.rsplit(".", 1)[0]
+        if module_path in neurons.modules() and name.endswith("weight"):
+            module = merged.get_submodule(module_path)
+            mask = selected_mask(neurons, module_path, tuple(logical(value, module).shape))
+            diff = logical(value != before[name], module)
+            assert diff[mask].all(), f"{name}: a selected weight did not train"
+            assert not diff[~mask].any(), f"{name}: an unselected weight changed"
+        else:
+            assert torch.equal(value, before[name]), f"{name} changed"
+
+
+def test_save_load_gives_identical_logits(arch: str, tmp_path) -> None:
+    neft = get_neft_model(make_model(arch), NeftConfig(neurons=pick_neurons(make_model(arch))))
+    train_steps(neft)
+    expected = logits(neft)
+    neft.save_pretrained(tmp_path)
+    loaded = NeftModel.from_pretrained(make_model(arch), tmp_path)
+    assert torch.equal(logits(loaded), expected)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    trainable = NeftModel.from_pretrained(make_model(arch), tmp_path, is_trainable=True)
+    assert any(p.requires_grad for p in trainable.parameters())
+
+
+def test_merge_matches_adapter_and_unmerge_restores_bits(arch: str) -> None:
+    model = make_model(arch)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    train_steps(neft)
+    adapter_logits = logits(neft)
+    neft.merge_adapter()
+    torch.testing.assert_close(logits(neft), adapter_logits, rtol=1e-5, atol=1e-5)
+    neft.unmerge_adapter()
+    for name, value in neft.base_model.state_dict().items():
+        if "neft_delta" not in name:
+            assert torch.equal(value, base[name.replace(".base_layer.", ".")]), name
+    merged = neft.merge_and_unload()
+    assert not any(isinstance(m, NeuronDeltaLayer) for m in merged.modules())
+    torch.testing.assert_close(logits(merged), adapter_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_disable_adapter_gives_base_logits(arch: str) -> None:
+    base_logits = logits(make_model(arch))
+    neft = get_neft_model(make_model(arch), NeftConfig(neurons=pick_neurons(make_model(arch))))
+    train_steps(neft)
+    assert not torch.allclose(logits(neft), base_logits)
+    for merged in (False, True):
+        if merged:
+            neft.merge_adapter()
+        with neft.disable_adapter():
+            torch.testing.assert_close(logits(neft), base_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits(neft), logits(neft.merge_and_unload()))
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gpt2", "phi3"])
+def test_mask_mode_equals_compact_mode_for_sgd(arch_name: str) -> None:
+    neurons = pick_neurons(make_model(arch_name))
+    results = []
+    for mode in ("compact", "mask"):
+        neft = get_neft_model(make_model(arch_name), NeftConfig(neurons=neurons, mode=mode))
+        train_steps(neft, steps=4, lr=0.5, optimizer="sgd")
+        results.append(neft.merge_and_unload().state_dict())
+    compact, mask = results
+    for name in compact:
+        torch.testing.assert_close(compact[name], mask[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(compact[n], make_model(arch_name).state_dict()[n])
+               for n in compact)
+
+
+def test_mask_mode_keeps_dense_gradients_but_masks_them() -> None:
+    model = make_model("llama")
+    neurons = pick_neurons(model)
+    neft = get_neft_model(model, NeftConfig(neurons=neurons, mode="mask"))
+    ids = make_batch()
+    neft(input_ids=ids, labels=ids).loss.backward()
+    for path, layer in neft.neft_layers():
+        grad = layer.base_layer.weight.grad
+        assert grad is not None and grad.shape == layer.base_layer.weight.shape
+        mask = selected_mask(neurons, path, tuple(grad.shape))
+        assert not grad[~mask].any() and grad[mask].abs().sum() > 0
+    trainable, _ = neft.get_nb_trainable_parameters()
+    assert trainable == neurons.num_parameters()
+
+
+def test_optimizer_state_is_the_selected_neurons_only() -> None:
+    model = make_model("llama")
+    neurons = pick_neurons(model, per_group=5)
+    neft = get_neft_model(model, NeftConfig(neurons=neurons))
+    params = [p for p in neft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params)
+    ids = make_batch()
+    neft(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    state_values = sum(t.numel() for s in opt.state.values() for t in s.values() if t.dim())
+    assert state_values == 2 * neurons.num_parameters() == 2 * 4 * 5 * 16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_base_with_fp32_deltas(dtype: torch.dtype) -> None:
+    model = make_model("llama", dtype=dtype)
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    for _, layer in neft.neft_layers():
+        assert layer.neft_delta_rows.dtype == torch.float32
+        assert layer.base_layer.weight.dtype == dtype
+    ids = make_batch()
+    out = neft(input_ids=ids, labels=ids)
+    assert out.logits.dtype == dtype
+    out.loss.backward()
+    assert all(p.grad is not None for p in neft.parameters() if p.requires_grad)
+
+
+def test_delta_dtype_can_follow_the_base() -> None:
+    model = make_model("llama", dtype=torch.bfloat16)
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model), delta_dtype=None))
+    assert {layer.neft_delta_cols.dtype for _, layer in neft.neft_layers()} == {torch.bfloat16}
+
+
+def test_autocast_and_gradient_checkpointing_reach_the_deltas() -> None:
+    model = make_model("llama")
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    neft.gradient_checkpointing_enable()
+    neft.train()
+    ids = make_batch()
+    for context in (contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16)):
+        with context:
+            loss = neft(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [p.grad for p in neft.parameters() if p.requires_grad]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        neft.zero_grad()
+
+
+def test_works_inside_transformers_trainer(tmp_path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    model = make_model("llama")
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    rows = [{"input_ids": ids, "labels": ids, "unused": 1}
+            for ids in make_batch(batch=8).tolist()]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, learning_rate=1e-2,
+                             per_device_train_batch_size=4, report_to=[], save_strategy="no",
+                             logging_steps=1, use_cpu=True)
+    trainer = Trainer(model=neft, args=args, train_dataset=rows,
+                      data_collator=lambda b: {k: torch.tensor([r[k] for r in b])
+                                               for k in ("input_ids", "labels")})
+    trainer.train()
+    assert len([h for h in trainer.state.log_history if "loss" in h]) == 3
+    assert any(layer.neft_delta_rows.abs().sum() > 0 for _, layer in neft.neft_layers())
+
+
+def test_neuron_set_algebra_and_files(tmp_path) -> None:
+    model = make_model("llama")
+    a = NeuronSet.from_mapping({"model.layers.0.mlp.up_proj": {"rows": [3, 17, 3]},
+                                "model.layers.0.mlp.down_proj": {"cols": [5]}}, model)
+    b = NeuronSet.from_mapping({"model.layers.0.mlp.up_proj": {"rows": [17, 20]}}, model)
+    assert a.to_mapping() == {"model.layers.0.mlp.up_proj": {"rows": [3, 17]},
+                              "model.layers.0.mlp.down_proj": {"cols": [5]}}
+    assert (a.num_neurons(), a.num_parameters()) == (3, 2 * 16 + 16)
+    assert (a | b).to_mapping()["model.layers.0.mlp.up_proj"]["rows"] == [3, 17, 20]
+    assert (a & b).to_mapping() == {"model.layers.0.mlp.up_proj": {"rows": [17]}}
+    assert a.overlap(b) == pytest.approx(1 / 3) and a.jaccard(b) == pytest.approx(1 / 4)
+    a.metadata["scorer"] = "hand"
+    a.save(tmp_path / "a.safetensors")
+    loaded = NeuronSet.load(tmp_path / "a.safetensors")
+    assert loaded == a and loaded.metadata == {"scorer": "hand"}
+    assert loaded.shapes == a.shapes
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.safetensors"]  # no temp files left
+
+
+def test_bad_neurons_give_clear_errors(tmp_path) -> None:
+    model = make_model("llama")
+    cases = [
+        ({"model.layers.0.mlp.up_prj": {"rows": [1]}}, "does not have.*did you mean"),
+        ({"model.layers.0.mlp.up_proj": {"rows": [24]}}, "index 24 but the layer has only 24"),
+        ({"model.layers.0.mlp.up_proj": {"diag": [1]}}, "axis 'diag'"),
+        ({"model.layers.0.mlp.up_proj": {"rows": [-1]}}, "negative"),
+        ({"model.layers.0.mlp.act_fn": {"rows": [1]}}, "not a linear layer"),
+        ({}, "empty"),
+    ]
+    for mapping, message in cases:
+        with pytest.raises(NeftError, match=message):
+            get_neft_model(make_model("llama"), NeftConfig(neurons=mapping))
+    with pytest.raises(NeftError, match="mode"):
+        NeftConfig(neurons={}, mode="dense")
+    broken = tmp_path / "broken.safetensors"
+    pick_neurons(model).save(broken)
+    broken.write_bytes(broken.read_bytes()[:-7])
+    with pytest.raises(NeftError, match="truncated or corrupted"):
+        NeuronSet.load(broken)
+
+
+def test_adapter_for_another_base_model_is_refused(tmp_path) -> None:
+    neft = get_neft_model(make_model("llama"), NeftConfig(neurons=pick_neurons(make_model())))
+    neft.save_pretrained(tmp_path)
+    with pytest.raises(NeftError, match="another base model"):
+        NeftModel.from_pretrained(make_model("gpt2"), tmp_path)
+    with pytest.raises(NeftError, match="no adapter_config.json"):
+        NeftModel.from_pretrained(make_model("llama"), tmp_path / "missing")
+
+
+def test_adapter_file_holds_only_indices_and_deltas(tmp_path) -> None:
+    model = make_model("llama")
+    neurons = pick_neurons(model)
+    neft = get_neft_model(model, NeftConfig(neurons=neurons))
+    neft.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    deltas = sum(t.numel() for k, t in tensors.items() if "::delta_" in k)
+    indices = sum(t.numel() for k, t in tensors.items() if k.endswith(("::rows", "::cols")))
+    assert deltas == neurons.num_parameters() and indices == neurons.num_neurons()
+    assert NeuronSet.load(tmp_path / "adapter_model.safetensors") == neurons
