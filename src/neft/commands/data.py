@@ -1,0 +1,41 @@
+"""`neft data`: prepare training and evaluation data (today: gettext catalogs)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..data import GETTEXT_LOCALE_DIR, harvest_gettext, placeholders, write_jsonl
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare training and evaluation data",
+                                   description="Prepare training and evaluation data.")
+    sources = parser.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
+    gettext = sources.add_parser(
+        "gettext", help="English->LANG pairs from the installed gettext catalogs",
+        description="Write train/dev/test.jsonl of English->LANG software messages harvested "
+                    "from <locale_dir>/<LANG>/LC_MESSAGES/*.mo. No source is in two splits.")
+    gettext.add_argument("--target", required=True, help="locale to translate into: de, fr, zh_CN")
+    gettext.add_argument("--output_dir", help="default: data/gettext-en-<target>")
+    gettext.add_argument("--locale_dir", default=GETTEXT_LOCALE_DIR)
+    gettext.add_argument("--dev_size", type=int, default=500)
+    gettext.add_argument("--test_size", type=int, default=1000)
+    gettext.add_argument("--min_words", type=int, default=4, help="fewest words in a source")
+    gettext.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    splits = harvest_gettext(args.target, locale_dir=args.locale_dir, min_words=args.min_words,
+                             seed=args.seed, dev_size=args.dev_size, test_size=args.test_size)
+    output_dir = args.output_dir or os.path.join("data", f"gettext-en-{args.target}")
+    for split, records in splits.items():
+        write_jsonl(os.path.join(output_dir, f"{split}.jsonl"), records)
+    total = sum(len(records) for records in splits.values())
+    with_placeholders = sum(bool(placeholders(r["source"]))
+                            for records in splits.values() for r in records)
+    counts = "  ".join(f"{split} {len(records):,}" for split, records in splits.items())
+    print(f"en->{args.target}: {counts} ({with_placeholders / total:.0%} with placeholders) "
+          f"-> {output_dir}/{{train,dev,test}}.jsonl")
+    return 0
