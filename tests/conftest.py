@@ -49,3 +49,57 @@ def make_batch(seed: int = 0, batch: int = 2, length: int = 8) -> torch.Tensor:
 @pytest.fixture(params=ARCHITECTURES)
 def arch(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+# ----------------------------------------------------------------------------- saved tiny model
+
+TRANSLATIONS = [(f"the {a} {b} file", f"die {a} {b} Datei") for a in ("red", "blue", "old", "new")
+                for b in ("small", "large", "empty", "open", "shared", "local", "remote", "hidden")]
+
+
+def make_bpe_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE trained in memory on the toy corpus: any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [text for pair in TRANSLATIONS for text in pair]
+    corpus += ["Translate the following text from English to German."]
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny Llama + tokenizer saved like a hub checkpoint, for `load_model(path)`."""
+    tokenizer = make_bpe_tokenizer()
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=16,
+                                      intermediate_size=24, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2,
+                                      pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """train/dev/test JSONL of toy en->de translations."""
+    import json
+
+    path = tmp_path_factory.mktemp("toy-data")
+    rows = [{"id": str(i), "src_lang": "en", "tgt_lang": "de", "source": s, "target": t}
+            for i, (s, t) in enumerate(TRANSLATIONS)]
+    splits = {"train": rows[:24], "dev": rows[24:28], "test": rows[28:]}
+    for split, records in splits.items():
+        with open(path / f"{split}.jsonl", "w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+    return str(path)

@@ -13,7 +13,7 @@ import sys
 
 from .errors import NeftError
 
-COMMANDS = ("select", "train", "eval", "merge", "data", "demo")
+COMMANDS = ("data", "select", "train", "eval", "merge", "compare", "analyze", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

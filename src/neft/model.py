@@ -176,7 +176,9 @@ class NeftModel(nn.Module):
         if kwargs["use_reentrant"]:
             self.base_model.enable_input_require_grads()
 
-    activation_checkpointing_enable = gradient_checkpointing_enable
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        **options: Any) -> None:
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **options)
 
     # -- merge -----------------------------------------------------------------------------
     def merge_adapter(self) -> None:
@@ -258,32 +260,53 @@ class NeftModel(nn.Module):
             json.dump(config, handle, indent=2, default=str)
         os.replace(tmp, path)
 
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, adapter_dir: str | os.PathLike,
-                        is_trainable: bool = False) -> NeftModel:
-        """Wrap ``model`` with a saved adapter. Frozen unless ``is_trainable``."""
+    def load_adapter_weights(self, adapter_dir: str | os.PathLike) -> None:
+        """Set the deltas from a saved adapter with the same neurons (e.g. a checkpoint)."""
+        path = os.path.join(adapter_dir, WEIGHTS_NAME)
+        if NeuronSet.load(path) != self.neurons:
+            raise NeftError(f"{path} holds other neurons than this model trains; load it "
+                            "with NeftModel.from_pretrained on the base model instead")
+        tensors, _ = read_safetensors(path)
+        for name, layer in self.neft_layers():
+            rows, cols = layer.get_deltas()
+            rows = tensors.get(f"{name}::delta_rows", rows)
+            cols = tensors.get(f"{name}::delta_cols", cols)
+            layer.set_deltas(rows.to(layer.weight.device), cols.to(layer.weight.device))
+
+    @staticmethod
+    def read_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
         config_path = os.path.join(adapter_dir, CONFIG_NAME)
         if not os.path.isfile(config_path):
             raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}; is it a neft adapter folder "
                             "(written by save_pretrained or `neft train`)?")
         with open(config_path) as handle:
-            saved = json.load(handle)
+            return json.load(handle)
+
+    @classmethod
+    def saved_base_name(cls, adapter_dir: str | os.PathLike) -> str:
+        """The base model an adapter names, for loading it without being told."""
+        name = cls.read_config(adapter_dir).get("base_model_name_or_path")
+        if not name:
+            raise NeftError(f"adapter {adapter_dir} does not name its base model; pass --model")
+        return name
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, adapter_dir: str | os.PathLike,
+                        is_trainable: bool = False) -> NeftModel:
+        """Wrap ``model`` with a saved adapter. Frozen unless ``is_trainable``."""
+        saved = cls.read_config(adapter_dir)
         fingerprint = saved.get("base_fingerprint")
         if fingerprint and fingerprint != model_fingerprint(model):
             raise NeftError(f"adapter {adapter_dir} was trained on another base model "
                             f"(fingerprint {fingerprint}, this model {model_fingerprint(model)});"
                             " load the base model it was made for")
-        tensors, _ = read_safetensors(os.path.join(adapter_dir, WEIGHTS_NAME))
         neurons = NeuronSet.load(os.path.join(adapter_dir, WEIGHTS_NAME))
         neurons.metadata = saved.get("neuron_metadata", {})
         config = NeftConfig(neurons=neurons, mode=saved.get("mode", "compact"),
                             delta_dtype=saved.get("delta_dtype", "float32"),
                             base_model_name_or_path=saved.get("base_model_name_or_path"))
         wrapped = cls(model, config)
-        for path, layer in wrapped.neft_layers():
-            rows = tensors.get(f"{path}::delta_rows", layer.get_deltas()[0])
-            cols = tensors.get(f"{path}::delta_cols", layer.get_deltas()[1])
-            layer.set_deltas(rows.to(layer.weight.device), cols.to(layer.weight.device))
+        wrapped.load_adapter_weights(adapter_dir)
         if not is_trainable:
             for param in wrapped.parameters():
                 param.requires_grad_(False)

@@ -1,0 +1,109 @@
+"""One dataclass per command: its fields are the CLI flags and the YAML keys.
+
+Flags follow Trainer/TRL names (``--learning_rate``), ``--config file.yaml`` gives any
+of them, and flags given on the command line win. Unknown YAML keys are an error:
+a typo must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import NeftError
+
+T = TypeVar("T")
+
+
+def _base_type(annotation: Any) -> type:
+    """``int | None`` -> int; ``str`` -> str."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"typing": typing})  # field annotations are simple
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    return annotation
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A ``--name`` flag per field, default None so that YAML values are not overridden."""
+    parser.add_argument("--config", help="YAML file with any of these options")
+    for field in dataclasses.fields(cls):
+        kind = _base_type(field.type)
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        flag = f"--{field.name}"
+        if kind is bool:
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
+                                help=f"{help_text} (default: {default})")
+        else:
+            parser.add_argument(flag, type=kind if kind in (int, float) else str, default=None,
+                                help=f"{help_text} (default: {default})")
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise NeftError(f"config file {path} does not exist")
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise NeftError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise NeftError(f"{path} must hold a mapping of option: value")
+    return data
+
+
+def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
+            raise NeftError(f"{where}: unknown option {key!r}{hint}")
+
+
+def build_config(cls: type[T], args: argparse.Namespace) -> T:
+    """YAML (``--config``) first, then every flag given on the command line."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values = load_yaml(args.config)
+        check_keys(cls, values, args.config)
+    for field in dataclasses.fields(cls):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    return from_dict(cls, values)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    check_keys(cls, values, cls.__name__)
+    converted = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value, kind = values[field.name], _base_type(field.type)
+        if value is not None and kind in (int, float) and not isinstance(value, bool):
+            try:
+                value = kind(value)
+            except (TypeError, ValueError) as exc:
+                raise NeftError(f"option {field.name} must be a number, not {value!r}") from exc
+        converted[field.name] = value
+    return cls(**converted)

@@ -1,0 +1,299 @@
+"""Neuron selection: score every candidate neuron, keep a budget of the best.
+
+    neurons = select_neurons(model, scorer="cosine", reference="ft-checkpoint/", percent=6)
+    neurons.save("selection.safetensors")
+
+Scorers (higher score = selected first; see each function's docstring):
+``cosine`` (the paper, against a fine-tuned checkpoint), ``probe`` (the paper's short
+full fine-tuning, then cosine), ``reversed`` (the paper's ablation), ``random``,
+``magnitude`` and ``gradient`` (ours: cheap, data-driven, no fine-tuning).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import NeftError
+from ..neurons import (
+    NeuronGroup,
+    NeuronSet,
+    count_parameters,
+    find_neuron_groups,
+    model_fingerprint,
+    neuron_set_from_groups,
+    pool_size,
+)
+from .budget import QUOTAS, Budget, choose, linear_shapes, lora_parameters, resolve_budget
+from .datadriven import prepare_examples, score_gradient, score_probe
+from .report import format_summary
+from .scorers import (
+    ScoreInput,
+    Scores,
+    score_cosine,
+    score_magnitude,
+    score_random,
+    score_reversed,
+)
+from .weights import WeightSource
+
+__all__ = ["QUOTAS", "SCORERS", "Budget", "NeuronScores", "format_summary", "intersect_sets",
+           "linear_shapes", "lora_parameters", "resolve_budget", "score_neurons",
+           "select_neurons", "transfer_set", "union_sets"]
+
+SCORERS: dict[str, Callable[[ScoreInput], Scores]] = {
+    "cosine": score_cosine,
+    "probe": score_probe,
+    "reversed": score_reversed,
+    "random": score_random,
+    "magnitude": score_magnitude,
+    "gradient": score_gradient,
+}
+NEEDS_DATA = ("probe", "gradient")
+
+
+@dataclass
+class NeuronScores:
+    """Every candidate neuron's score from one scoring run; select any budget from it.
+
+    ``metadata`` (scorer, settings, model and data fingerprints, time, memory) goes into
+    every NeuronSet selected. ``shapes`` are the model's linear layers, for LoRA budgets.
+    """
+
+    groups: list[NeuronGroup]
+    scores: list[torch.Tensor]
+    metadata: dict[str, Any]
+    shapes: dict[str, tuple[int, int]]
+
+    def budget(self, *, neurons: int | None = None, percent: float | None = None,
+               params: int | None = None, match_lora: int | None = None,
+               lora_target_modules: Sequence[str] | None = None) -> Budget:
+        lora = (None if match_lora is None
+                else lora_parameters(self.shapes, match_lora, lora_target_modules))
+        return resolve_budget(self.groups, int(self.metadata["model_parameters"]),
+                              neurons=neurons, percent=percent, params=params,
+                              lora_params=lora, lora_rank=match_lora)
+
+    def select(self, budget: Budget, quota: str | None = None) -> NeuronSet:
+        chosen = choose(self.groups, self.scores, budget.neurons, quota)
+        metadata = {**self.metadata, "budget": budget.to_dict(), "quota": quota or "global"}
+        return neuron_set_from_groups(self.groups, chosen, metadata)
+
+
+def select_neurons(
+    model: nn.Module | str,
+    scorer: str = "cosine",
+    *,
+    neurons: int | None = None,
+    percent: float | None = None,
+    params: int | None = None,
+    match_lora: int | None = None,
+    lora_target_modules: Sequence[str] | None = None,
+    quota: str | None = None,
+    **options: Any,
+) -> NeuronSet:
+    """Score the model's candidate neurons and keep the budget's best as a NeuronSet.
+
+    Budget: exactly one of ``neurons``, ``percent`` (of ALL model parameters, as in the
+    paper), ``params`` or ``match_lora`` (the parameters of LoRA rank R on
+    ``lora_target_modules``, default all linear layers but lm_head).
+    ``quota``: None ranks all layers together (the paper); ``layer``, ``kind`` or
+    ``module`` (layer x kind) rank within each and split the budget by pool size.
+    ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
+    is checked before scoring, so a bad one fails fast.
+    """
+    if quota is not None and quota not in QUOTAS:
+        raise NeftError(f"quota={quota!r} is not known; use one of {', '.join(QUOTAS)} "
+                        "or none for one global ranking")
+    spec = {"neurons": neurons, "percent": percent, "params": params, "match_lora": match_lora,
+            "lora_target_modules": lora_target_modules}
+    budgets: list[Budget] = []
+    scores = score_neurons(model, scorer, on_ready=lambda s: budgets.append(s.budget(**spec)),
+                           **options)
+    return scores.select(budgets[0], quota)
+
+
+def score_neurons(
+    model: nn.Module | str,
+    scorer: str = "cosine",
+    *,
+    reference: WeightSource | None = None,
+    data: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
+    tokenizer: Any = None,
+    task: str = "translation",
+    max_length: int = 128,
+    limit: int | None = None,
+    seed: int = 1234,
+    target_modules: Mapping[str, str] | None = None,
+    include_gate: bool = False,
+    steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    restore: bool = True,
+    progress: bool = True,
+    on_ready: Callable[[NeuronScores], None] | None = None,
+) -> NeuronScores:
+    """Score every candidate neuron of ``model`` with ``scorer``.
+
+    ``model``: a loaded model, or a name/path; from a path, ``cosine``, ``reversed`` (with
+    a reference), ``random`` and ``magnitude`` build the model without weights and read
+    them one matrix at a time, so a 7B model needs memory for about one layer.
+    ``reference``: the fine-tuned checkpoint (path or model) for ``cosine``/``reversed``.
+    ``data``: dataset path, records or tokenized examples for ``probe``/``gradient``
+    (``task``, ``max_length``, ``limit`` as in neft.data); ``steps``, ``learning_rate``,
+    ``batch_size`` override those scorers' defaults. ``restore``: ``probe`` trains the
+    model in place; its weights are parked in a temporary file (not memory) and put back
+    unless False. ``on_ready`` is called with the (still empty) result before scoring,
+    e.g. to check a budget.
+    """
+    if scorer not in SCORERS:
+        raise NeftError(f"scorer {scorer!r} is not known; use one of {', '.join(SCORERS)}")
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    needs_data = scorer in NEEDS_DATA or (scorer == "reversed" and reference is None)
+    if data is not None and not needs_data:
+        raise NeftError(f"scorer {scorer!r} uses no data; drop data= (CLI --data), or use "
+                        "'probe' or 'gradient' to select from task data")
+    if needs_data and data is None:
+        raise NeftError(f"scorer {scorer!r} needs task data: pass data= (CLI --data PATH)")
+    model_name = model if isinstance(model, str) else (
+        getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    model, weights, tokenizer = _open_model(model, tokenizer, needs_data)
+    groups = find_neuron_groups(model, target_modules, include_gate)
+    metadata: dict[str, Any] = {
+        "scorer": scorer, "seed": seed, "base_model": model_name,
+        "base_fingerprint": model_fingerprint(model), "model_parameters": count_parameters(model),
+        "candidate_pool": pool_size(groups), "include_gate": include_gate,
+        "target_modules": dict(target_modules) if target_modules else "preset"}
+    result = NeuronScores(groups, [], metadata, linear_shapes(model))
+    if on_ready is not None:
+        on_ready(result)
+
+    examples = None
+    if needs_data:
+        examples = prepare_examples(data, tokenizer, task, max_length, limit)
+        metadata.update({
+            "data": str(data) if isinstance(data, str | os.PathLike) else "in memory",
+            "data_fingerprint": data_fingerprint(examples), "data_examples": len(examples),
+            "task": task, "max_length": max_length})
+    options = {k: v for k, v in {"steps": steps, "learning_rate": learning_rate,
+                                 "batch_size": batch_size, "restore": restore}.items()
+               if v is not None}
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    result.scores, settings = SCORERS[scorer](ScoreInput(
+        model, groups, weights, seed, reference, examples, pad_id, options, progress))
+    metadata.update({
+        "scorer_settings": settings, **resource_usage(start),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "neft_version": __version__})
+    return result
+
+
+def _open_model(model: nn.Module | str, tokenizer: Any, needs_forward: bool,
+                ) -> tuple[nn.Module, WeightSource, Any]:
+    """(model, where its weights are read from, tokenizer). From a local safetensors
+    folder and no forward pass needed: a weightless (meta) model plus that folder."""
+    if isinstance(model, nn.Module):
+        return model, model, tokenizer
+    from ..models import ensure_embedded_model, is_embedded, load_model
+
+    folder = ensure_embedded_model() if is_embedded(model) else os.path.expanduser(model)
+    if not needs_forward and os.path.isdir(folder) and any(
+            f.endswith(".safetensors") for f in os.listdir(folder)):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        return skeleton, folder, tokenizer
+    loaded, loaded_tokenizer = load_model(model)
+    return loaded, loaded, tokenizer or loaded_tokenizer
+
+
+def data_fingerprint(examples: Sequence[Mapping[str, Any]]) -> str:
+    """Hash of the token ids and labels of the examples (what the scorer could see)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        for key in ("input_ids", "labels"):
+            digest.update(torch.as_tensor(example[key], dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resource_usage(start: float) -> dict[str, Any]:
+    """Wall time since ``start`` and peak memory: CUDA allocations where used, else the
+    process's peak RSS (ru_maxrss, KiB on Linux; it includes everything the process did)."""
+    usage: dict[str, Any] = {"wall_time_s": round(time.perf_counter() - start, 2)}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage["peak_rss_mb"] = round(peak_rss / (1024 * 1024 if sys.platform == "darwin" else 1024))
+    if torch.cuda.is_available():
+        usage["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return usage
+
+
+# ----------------------------------------------------------------------------- set operations
+
+
+def _load(item: NeuronSet | str | os.PathLike) -> tuple[NeuronSet, str]:
+    if isinstance(item, NeuronSet):
+        return item, "in memory"
+    return NeuronSet.load(item), os.fspath(item)
+
+
+def _combine(items: Sequence[NeuronSet | str | os.PathLike], operation: str) -> NeuronSet:
+    if len(items) < 2:
+        raise NeftError(f"{operation} needs at least two neuron sets")
+    loaded = [_load(item) for item in items]
+    fingerprints = {s.metadata.get("base_fingerprint") for s, _ in loaded} - {None}
+    if len(fingerprints) > 1:
+        raise NeftError(f"cannot take the {operation} of sets made for different base models "
+                        f"(fingerprints {sorted(fingerprints)}); transfer them to one model first")
+    result = loaded[0][0]
+    for neuron_set, _ in loaded[1:]:
+        result = result.union(neuron_set) if operation == "union" else (
+            result.intersection(neuron_set))
+    first = loaded[0][0].metadata
+    result.metadata = {
+        "scorer": operation, "sources": [{"path": path, "scorer": s.metadata.get("scorer"),
+                                          "neurons": s.num_neurons()} for s, path in loaded],
+        **{k: first[k] for k in ("base_fingerprint", "base_model", "model_parameters")
+           if k in first},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "neft_version": __version__,
+    }
+    return result
+
+
+def union_sets(*items: NeuronSet | str | os.PathLike) -> NeuronSet:
+    """Neurons in any of the sets (the paper's "Union" of tasks)."""
+    return _combine(items, "union")
+
+
+def intersect_sets(*items: NeuronSet | str | os.PathLike) -> NeuronSet:
+    """Neurons in all of the sets."""
+    return _combine(items, "intersection")
+
+
+def transfer_set(item: NeuronSet | str | os.PathLike, model: nn.Module) -> NeuronSet:
+    """A set found on one data split or model, applied to ``model`` (same module shapes):
+    validated against it, with the fingerprint rewritten (the paper's "Trans")."""
+    source, path = _load(item)
+    metadata = dict(source.metadata)
+    old = metadata.pop("base_fingerprint", None)
+    moved = NeuronSet(source.to_mapping(), dict(source.shapes), metadata).validate(model)
+    moved.metadata.update({
+        "base_fingerprint": model_fingerprint(model), "transferred_from": old,
+        "transferred_source": path, "model_parameters": count_parameters(model),
+        "base_model": getattr(getattr(model, "config", None), "_name_or_path",
+                              type(model).__name__)})
+    return moved

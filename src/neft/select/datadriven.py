@@ -1,0 +1,138 @@
+"""Scorers that read task data: ``probe`` (the paper's short full fine-tuning + cosine)
+and ``gradient`` (ours: gradient statistics over a few batches, no fine-tuning)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import DataCollator, build_dataset, load_records
+from ..errors import NeftError
+from .scorers import ScoreInput, Scores
+from .weights import by_module, cosine, logical_matrices, neuron_vectors
+
+# The paper's fine-tuning settings (AdamW, lr 2e-5, linear decay, seed 1234; HF Trainer's
+# defaults for the rest: no warmup, no weight decay, gradient clipping at 1.0).
+PROBE_DEFAULTS = {"steps": 200, "learning_rate": 2e-5, "batch_size": 4, "max_grad_norm": 1.0,
+                  "weight_decay": 0.0, "warmup_steps": 0, "schedule": "linear"}
+GRADIENT_DEFAULTS = {"steps": 16, "batch_size": 4}
+
+Example = Mapping[str, Sequence[int]]
+
+
+def prepare_examples(data: str | os.PathLike | Sequence[Mapping[str, Any]], tokenizer: Any,
+                     task: str, max_length: int, limit: int | None) -> Sequence[Example]:
+    """Tokenized examples (labels masked to the target) from a dataset path (a folder is
+    read at its train split), raw records, or examples already tokenized (used as is)."""
+    if isinstance(data, Sequence) and not isinstance(data, str) and data and (
+            "input_ids" in data[0]):
+        return data[:limit] if limit else data
+    if tokenizer is None:
+        raise NeftError("tokenizing the task data needs the model's tokenizer: pass "
+                        "tokenizer=, or the model by name so that it is loaded with its own")
+    records = (load_records(os.fspath(data), split="train", limit=limit, task=task)
+               if isinstance(data, str | os.PathLike) else list(data[:limit] if limit else data))
+    return build_dataset(records, tokenizer, task, max_length=max_length).examples
+
+
+def batches(examples: Sequence[Example], batch_size: int, seed: int, pad_id: int,
+            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless seeded shuffles of the examples, padded per batch by neft's collator."""
+    collate = DataCollator(pad_id)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for first in range(0, max(len(order) - batch_size, 0) + 1, batch_size):
+            batch = collate([examples[i] for i in order[first:first + batch_size]])
+            yield {k: v.to(device) for k, v in batch.items()}
+
+
+def _settings(inp: ScoreInput, defaults: dict[str, Any]) -> dict[str, Any]:
+    settings = {**defaults, **{k: v for k, v in inp.options.items() if k in defaults}}
+    for key in ("steps", "batch_size"):
+        if int(settings[key]) != settings[key] or settings[key] < 1:
+            raise NeftError(f"{key}={settings[key]} must be a positive whole number")
+    if inp.examples is None:
+        raise NeftError("this scorer needs task data: pass data= (CLI --data PATH)")
+    return settings
+
+
+def score_probe(inp: ScoreInput) -> Scores:
+    """The paper's selection end to end: fine-tune ALL weights for ``steps`` AdamW steps
+    on the task, then score 1 - cos(before, after) per neuron (lowest similarity first).
+
+    Memory is full fine-tuning's plus a float32 copy of the candidate matrices only. The
+    model is trained in place; unless ``restore`` is False its weights are parked in a
+    temporary file (not memory) and put back. Rankings depend strongly on the learning
+    rate, so every setting is returned for the metadata.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    settings = _settings(inp, PROBE_DEFAULTS)
+    model, groups, steps = inp.model, inp.groups, int(settings["steps"])
+    modules = by_module(groups)
+    originals = {m: w.detach().to(torch.float32, copy=True)
+                 for m, w in logical_matrices(model, model, list(modules))}
+    device = next(model.parameters()).device
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    with tempfile.TemporaryDirectory(prefix="neft-probe-") as folder:
+        parked = os.path.join(folder, "weights.safetensors")
+        if inp.options.get("restore", True):
+            save_model(model, parked)
+        params = list(model.parameters())
+        for param in params:
+            param.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=settings["learning_rate"],
+                                      weight_decay=settings["weight_decay"])
+        schedule = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], steps)
+        model.train()
+        stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
+                         device)
+        torch.manual_seed(inp.seed)
+        losses = []
+        for _ in tqdm(range(steps), desc="probe", unit="step", disable=not inp.progress):
+            loss = model(**next(stream)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        del optimizer
+        scores = [torch.empty(0)] * len(groups)
+        for module, after in logical_matrices(model, model, list(modules)):
+            before = originals.pop(module)
+            for i in modules[module]:
+                sim = cosine(neuron_vectors(before, groups[i]), neuron_vectors(after, groups[i]))
+                scores[i] = 1 - sim
+        if inp.options.get("restore", True):
+            load_model(model, parked)
+    for param, flag in zip(model.parameters(), flags, strict=True):
+        param.requires_grad_(flag)
+    model.train(was_training)
+    settings.update(optimizer="AdamW", selects="lowest cosine after the probe",
+                    first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4))
+    return scores, settings
+
+
+def score_gradient(inp: ScoreInput) -> Scores:
+    raise NotImplementedError
+
+
+def _frozen_except(model: nn.Module, modules: list[str]) -> list[bool]:
+    """Freeze everything but the weights of ``modules``; returns the old flags."""
+    layers = dict(model.named_modules())
+    flags = [p.requires_grad for p in model.parameters()]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for module in modules:
+        layers[module].weight.requires_grad_(True)
+    return flags

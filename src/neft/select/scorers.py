@@ -1,0 +1,100 @@
+"""Scorers that need no training data: cosine (the paper), reversed, random, magnitude.
+
+A scorer returns one score per candidate neuron (a tensor per group) and the settings
+to record; higher scores are selected first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import NeftError
+from ..neurons import NeuronGroup
+from .weights import WeightSource, by_module, cosine, logical_matrices, neuron_vectors
+
+Scores = tuple[list[torch.Tensor], dict[str, Any]]
+
+
+@dataclass
+class ScoreInput:
+    """What a scorer may use. ``weights`` is where the base weights are read from: the
+    model itself, or its checkpoint when the model was built without weights (meta)."""
+
+    model: nn.Module
+    groups: list[NeuronGroup]
+    weights: WeightSource
+    seed: int
+    reference: WeightSource | None = None
+    examples: list[dict[str, list[int]]] | None = None
+    pad_token_id: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+
+def cosine_similarities(model: nn.Module, groups: list[NeuronGroup], base: WeightSource,
+                        reference: WeightSource, progress: bool = True) -> list[torch.Tensor]:
+    """Per-neuron cosine similarity between two versions of the candidate matrices,
+    one module at a time (float64)."""
+    modules = by_module(groups)
+    sims: list[torch.Tensor] = [torch.empty(0)] * len(groups)
+    pairs = zip(logical_matrices(base, model, list(modules)),
+                logical_matrices(reference, model, list(modules)), strict=True)
+    for (module, before), (_, after) in tqdm(pairs, total=len(modules), desc="cosine",
+                                             unit="module", disable=not progress):
+        for i in modules[module]:
+            sims[i] = cosine(neuron_vectors(before, groups[i]), neuron_vectors(after, groups[i]))
+    return sims
+
+
+def _reference_of(inp: ScoreInput, scorer: str) -> WeightSource:
+    if inp.reference is None:
+        raise NeftError(f"scorer {scorer!r} compares with a fine-tuned checkpoint: pass "
+                        "reference= (CLI --reference PATH), or use scorer 'probe' to fine-tune "
+                        "one briefly")
+    return inp.reference
+
+
+def _describe(reference: WeightSource) -> str:
+    return type(reference).__name__ if isinstance(reference, nn.Module) else str(reference)
+
+
+def score_cosine(inp: ScoreInput) -> Scores:
+    """Lowest similarity to the fine-tuned reference first (the paper's Algorithm 1)."""
+    reference = _reference_of(inp, "cosine")
+    sims = cosine_similarities(inp.model, inp.groups, inp.weights, reference, inp.progress)
+    return [1 - s for s in sims], {"reference": _describe(reference), "selects": "lowest cosine"}
+
+
+def score_reversed(inp: ScoreInput) -> Scores:
+    """Highest similarity first: the paper's "Reversed" ablation (the least moved neurons).
+    Without a reference, a probe is run as for ``probe``."""
+    if inp.reference is None:
+        from .datadriven import score_probe
+
+        distances, settings = score_probe(inp)
+        return [-d for d in distances], {**settings, "selects": "highest cosine"}
+    sims = cosine_similarities(inp.model, inp.groups, inp.weights, inp.reference, inp.progress)
+    return sims, {"reference": _describe(inp.reference), "selects": "highest cosine"}
+
+
+def score_random(inp: ScoreInput) -> Scores:
+    """Uniform random neurons, reproducible from the seed: the control the paper lacks."""
+    generator = torch.Generator().manual_seed(inp.seed)
+    values = torch.rand(sum(g.count for g in inp.groups), generator=generator, dtype=torch.float64)
+    return list(values.split([g.count for g in inp.groups])), {"selects": "uniform random"}
+
+
+def score_magnitude(inp: ScoreInput) -> Scores:
+    """Smallest L2 norm first. Static and free: a fixed-size update turns a short vector
+    by a larger angle, and cosine selection is seen to favour low-norm neurons."""
+    modules = by_module(inp.groups)
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(inp.groups)
+    for module, weight in logical_matrices(inp.weights, inp.model, list(modules)):
+        for i in modules[module]:
+            scores[i] = -neuron_vectors(weight, inp.groups[i]).double().norm(dim=1)
+    return scores, {"selects": "lowest L2 norm"}

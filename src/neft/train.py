@@ -1,0 +1,431 @@
+"""Training: NeFT and the paper's baselines in one pipeline on transformers' Trainer.
+
+Methods: ``neft`` (neurons from a NeuronSet file, or selected on the fly), ``random``
+(random neurons at the same budget, the control), ``lora`` (peft), ``full``,
+``ft-inout`` (every MLP in-row and out-column: all up/down weights). Trainer brings
+distributed launch (torchrun / accelerate), checkpoints, resume, bf16 and evaluation;
+``NeftTrainer`` only teaches it to save and load neft adapters instead of whole models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from .data import DataCollator, build_dataset, format_length_stats, length_stats, load_records
+from .errors import NeftError
+from .model import NeftConfig, NeftModel, get_neft_model
+from .models import load_model
+from .neurons import NeuronSet, count_parameters, find_neuron_groups
+
+METHODS = ("neft", "random", "lora", "full", "ft-inout")
+RUN_FILE = "neft_run.json"
+LOG_FILE = "training_log.json"
+PLOT_FILE = "loss_curve.png"
+# Options that may differ between a run and its resumption.
+RESUME_FREE = ("resume", "overwrite", "max_steps", "num_train_epochs", "save_steps",
+               "eval_steps", "logging_steps")
+
+
+def _opt(help_text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `neft train` (flags and YAML keys)."""
+
+    model: str = _opt("model name or path; smollm2-135m is the embedded default",
+                      "smollm2-135m")
+    method: str = _opt(f"one of {', '.join(METHODS)}", "neft")
+    train_file: str | None = _opt("training data: JSONL/CSV/TSV/Parquet file, folder or "
+                                  "hub dataset")
+    eval_file: str | None = _opt("dev data for evaluation loss and best-checkpoint choice")
+    train_split: str | None = _opt("split of a folder or hub dataset", "train")
+    eval_split: str | None = _opt("split of a folder or hub dataset", "dev")
+    output_dir: str = _opt("where the adapter / model, log and plot go", "outputs/run")
+    task: str = _opt("translation, summarization, instruction or completion", "translation")
+    template: str = _opt("prompt template: auto, chat, plain or llama2", "auto")
+    source_lang: str | None = _opt("source language code (else each record's src_lang)")
+    target_lang: str | None = _opt("target language code (else each record's tgt_lang)")
+    source_field: str | None = _opt("record field holding the source text")
+    target_field: str | None = _opt("record field holding the target text")
+    max_train_samples: int | None = _opt("use the first N training records")
+    max_eval_samples: int | None = _opt("use the first N dev records", 200)
+    max_length: int = _opt("tokens per example (prompt is cut first, never the target)", 256)
+    # neurons
+    neurons: str | None = _opt("NeuronSet file (from `neft select`) for method neft")
+    scorer: str = _opt("scorer when selecting on the fly (no --neurons)", "gradient")
+    match_lora: int | None = _opt("budget: parameters of LoRA rank R on all linear layers", 8)
+    num_neurons: int | None = _opt("budget: this many neurons")
+    percent: float | None = _opt("budget: % of all model parameters (the paper's unit)")
+    neft_mode: str = _opt("compact (small deltas) or mask (the paper's gradient masking)",
+                          "compact")
+    # lora
+    lora_r: int = _opt("LoRA rank", 8)
+    lora_alpha: int = _opt("LoRA alpha (the paper: 16)", 16)
+    lora_dropout: float = _opt("LoRA dropout (the paper: 0)", 0.0)
+    lora_target_modules: str = _opt("comma-separated module names or all-linear",
+                                    "all-linear")
+    # optimisation (Trainer names)
+    learning_rate: float = _opt("peak learning rate", 5e-4)
+    lr_scheduler_type: str = _opt("Trainer scheduler name", "linear")
+    warmup_steps: float = _opt("linear warm-up: steps, or a share of all steps when < 1", 0.0)
+    weight_decay: float = _opt("AdamW weight decay", 0.0)
+    max_grad_norm: float = _opt("gradient clipping norm", 1.0)
+    per_device_train_batch_size: int = _opt("batch size per device", 8)
+    per_device_eval_batch_size: int = _opt("eval batch size per device", 16)
+    gradient_accumulation_steps: int = _opt("micro-batches per optimizer step", 1)
+    max_steps: int = _opt("optimizer steps (overrides epochs when > 0)", -1)
+    num_train_epochs: float = _opt("epochs when max_steps <= 0", 1.0)
+    seed: int = _opt("random seed (the paper: 1234)", 1234)
+    logging_steps: int = _opt("log the loss every N steps", 10)
+    eval_steps: int | None = _opt("evaluate (and checkpoint) every N steps", 50)
+    save_steps: int | None = _opt("checkpoint every N steps (default: eval_steps)")
+    save_total_limit: int | None = _opt("keep at most N checkpoints (best kept too)", 2)
+    bf16: str = _opt("auto (on GPUs that support it), true or false", "auto")
+    gradient_checkpointing: bool = _opt("recompute activations to save memory", False)
+    resume: bool = _opt("continue from the last checkpoint in output_dir", False)
+    overwrite: bool = _opt("replace an earlier run in output_dir", False)
+    report_to: str = _opt("Trainer loggers (none, tensorboard, wandb, ...)", "none")
+    trust_remote_code: bool = _opt("allow model code from the hub (off for safety)", False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise NeftError(f"method {self.method!r} is not known; use one of "
+                            f"{', '.join(METHODS)}")
+        if not self.train_file:
+            raise NeftError("no training data: pass --train_file (a JSONL file, a folder of "
+                            "train/dev files, or a dataset name); `neft data gettext` makes one")
+        if self.bf16 not in ("auto", "true", "false", True, False):
+            raise NeftError(f"bf16 must be auto, true or false, not {self.bf16!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- output dir
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare_output_dir(config: TrainConfig) -> bool:
+    """Refuse to mix runs: an output_dir holding another run needs --overwrite, and
+    --resume needs the same options. Returns True when a checkpoint is resumed."""
+    path = config.output_dir
+    run_file = os.path.join(path, RUN_FILE)
+    occupied = os.path.isdir(path) and bool(os.listdir(path))
+    if occupied and config.overwrite and not config.resume:
+        if _is_main_process():
+            shutil.rmtree(path)
+        return False
+    if not occupied:
+        if config.resume:
+            raise NeftError(f"--resume: {path} holds no run to resume; drop --resume")
+        return False
+    if not os.path.isfile(run_file):
+        raise NeftError(f"output_dir {path} is not empty and holds no neft run; choose another "
+                        "--output_dir or pass --overwrite to replace its contents")
+    with open(run_file) as handle:
+        previous = json.load(handle)
+    if not config.resume:
+        raise NeftError(f"output_dir {path} already holds a run; pass --resume to continue it "
+                        "or --overwrite to replace it")
+    current = config.to_dict()
+    changed = [k for k in current if k not in RESUME_FREE and previous.get(k) != current[k]]
+    if changed:
+        raise NeftError(f"--resume: option {changed[0]} differs from the run in {path} "
+                        f"({previous.get(changed[0])!r} vs {current[changed[0]]!r}); resume "
+                        "with the same options or use --overwrite")
+    return any(name.startswith("checkpoint-") for name in os.listdir(path))
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _budget(config: TrainConfig) -> dict[str, Any]:
+    if config.num_neurons is not None:
+        return {"neurons": config.num_neurons}
+    if config.percent is not None:
+        return {"percent": config.percent}
+    return {"match_lora": config.match_lora}
+
+
+def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> NeuronSet:
+    """Neurons for methods neft (file or on-the-fly scorer) and random."""
+    from .select import NEEDS_DATA, select_neurons
+
+    if config.method == "neft" and config.neurons:
+        return NeuronSet.load(config.neurons)
+    scorer = "random" if config.method == "random" else config.scorer
+    data = list(dataset) if scorer in NEEDS_DATA else None
+    return select_neurons(model, scorer=scorer, data=data, seed=config.seed, **_budget(config))
+
+
+def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Module:
+    """Make exactly the method's parameters trainable."""
+    if config.method in ("neft", "random"):
+        neurons = select_for_training(model, config, dataset)
+        neft_config = NeftConfig(neurons=neurons, mode=config.neft_mode,
+                                 base_model_name_or_path=config.model)
+        return get_neft_model(model, neft_config)
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = config.lora_target_modules
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+                          target_modules=targets if targets == "all-linear"
+                          else [t.strip() for t in targets.split(",")])
+        return get_peft_model(model, lora)
+    trainable = None
+    if config.method == "ft-inout":
+        trainable = {g.module for g in find_neuron_groups(model)}
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(trainable is None or name in trainable)
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class NeftTrainer(Trainer):
+    """Trainer that checkpoints a NeftModel as its small adapter, not the whole model."""
+
+    def _neft_model(self) -> NeftModel | None:
+        model = self.accelerator.unwrap_model(self.model)
+        return model if isinstance(model, NeftModel) else None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self._neft_model()
+        if model is None:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            model.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None
+                              ) -> None:
+        target = self._neft_model()
+        if target is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target.load_adapter_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        target = self._neft_model()
+        if target is None:
+            return super()._load_best_model()
+        target.load_adapter_weights(self.state.best_model_checkpoint)
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGINT/SIGTERM: checkpoint at the end of the current step, then stop cleanly."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\nneft train: got signal {signum}; saving a checkpoint and stopping "
+              "(again to stop at once)", flush=True)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _use_bf16(setting: str | bool) -> bool:
+    if setting in (True, "true"):
+        return True
+    if setting in (False, "false"):
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments:
+    eval_steps = config.eval_steps or 50
+    save_steps = config.save_steps or eval_steps
+    if has_eval and save_steps % eval_steps:
+        raise NeftError(f"save_steps ({save_steps}) must be a multiple of eval_steps "
+                        f"({eval_steps}) to keep the best checkpoint by dev loss")
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        bf16=_use_bf16(config.bf16),
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        report_to=[] if config.report_to == "none" else config.report_to.split(","),
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+
+
+def plot_losses(log_history: list[dict[str, Any]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "dev")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o" if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (target tokens)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _field_map(config: TrainConfig) -> dict[str, str]:
+    mapping = {}
+    if config.source_field:
+        mapping[config.source_field] = "source"
+    if config.target_field:
+        mapping[config.target_field] = "target"
+    return mapping
+
+
+def load_split(config: TrainConfig, source: str, split: str | None, limit: int | None,
+               tokenizer: Any) -> Any:
+    records = load_records(source, split=split, field_map=_field_map(config), limit=limit,
+                           task=config.task)
+    return build_dataset(records, tokenizer, config.task, max_length=config.max_length,
+                         template=config.template, src_lang=config.source_lang,
+                         tgt_lang=config.target_lang)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run one training job; returns the summary also written to neft_run.json."""
+    resume = prepare_output_dir(config)
+    set_seed(config.seed)
+    start = time.perf_counter()
+    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    train_data = load_split(config, config.train_file, config.train_split,
+                            config.max_train_samples, tokenizer)
+    print("train data: " + format_length_stats(length_stats(train_data)), flush=True)
+    eval_data = None
+    eval_source = config.eval_file or (config.train_file if os.path.isdir(config.train_file)
+                                       else None)
+    if eval_source:
+        eval_data = load_split(config, eval_source, config.eval_split, config.max_eval_samples,
+                               tokenizer)
+        print("dev data: " + format_length_stats(length_stats(eval_data)), flush=True)
+    total_params = count_parameters(model)
+    model = prepare_model(model, config, train_data)
+    trainable = trainable_parameters(model)
+    print(f"method {config.method}: {trainable:,} trainable parameters "
+          f"({100 * trainable / total_params:.3f}% of {total_params:,})", flush=True)
+
+    if _is_main_process():
+        os.makedirs(config.output_dir, exist_ok=True)
+        _write_json(os.path.join(config.output_dir, RUN_FILE), config.to_dict())
+    stopper = StopOnSignal()
+    trainer = NeftTrainer(model=model, args=training_arguments(config, eval_data is not None),
+                          train_dataset=train_data, eval_dataset=eval_data,
+                          data_collator=DataCollator(tokenizer.pad_token_id),
+                          processing_class=tokenizer, callbacks=[stopper])
+    try:
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+    finally:
+        stopper.restore()
+    interrupted = stopper.received is not None
+    summary = {
+        "config": config.to_dict(),
+        "method": config.method,
+        "trainable_parameters": trainable,
+        "total_parameters": total_params,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "peak_memory_mb": peak_memory_mb(),
+        "interrupted": interrupted,
+    }
+    if trainer.args.should_save:
+        if not interrupted:
+            trainer.save_model(config.output_dir)
+            if config.method in ("full", "ft-inout"):
+                tokenizer.save_pretrained(config.output_dir)
+        _write_json(os.path.join(config.output_dir, LOG_FILE), trainer.state.log_history)
+        plot_losses(trainer.state.log_history, os.path.join(config.output_dir, PLOT_FILE),
+                    f"{config.method} on {os.path.basename(config.train_file.rstrip('/'))}")
+        _write_json(os.path.join(config.output_dir, RUN_FILE), {**config.to_dict(),
+                                                                 "result": summary})
+    return summary
+
+
+def peak_memory_mb() -> float:
+    """Peak RSS of this process (CPU) or peak allocated CUDA memory, in MB."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
