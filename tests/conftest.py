@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import transformers
@@ -10,6 +12,11 @@ from transformers.utils import logging as hf_logging
 hf_logging.set_verbosity_error()
 
 VOCAB = 64
+# The core tests also run on a GPU and in low precision: scripts/gpu_check.sh sets these.
+DEVICE = torch.device(os.environ.get("NEFT_TEST_DEVICE", "cpu"))
+DTYPE = getattr(torch, os.environ.get("NEFT_TEST_DTYPE", "float32"))
+TOL = ({"rtol": 1e-5, "atol": 1e-5} if DTYPE == torch.float32
+       else {"rtol": 5e-2, "atol": 5e-2})
 
 
 def _configs() -> dict[str, transformers.PretrainedConfig]:
@@ -35,15 +42,15 @@ def _configs() -> dict[str, transformers.PretrainedConfig]:
 ARCHITECTURES = tuple(_configs())
 
 
-def make_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32):
+def make_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype | None = None):
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(_configs()[arch])
-    return model.to(dtype).eval()
+    return model.to(device=DEVICE, dtype=dtype or DTYPE).eval()
 
 
 def make_batch(seed: int = 0, batch: int = 2, length: int = 8) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, length), generator=generator)
+    return torch.randint(3, VOCAB, (batch, length), generator=generator).to(DEVICE)
 
 
 @pytest.fixture(params=ARCHITECTURES)
