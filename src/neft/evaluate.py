@@ -1,0 +1,429 @@
+"""Evaluation: greedy generation from the training prompts, then metrics.
+
+    model, tokenizer, described = load_for_eval("smollm2-135m", adapter="outputs/run")
+    result = evaluate_model(model, tokenizer, records, task="translation", target_lang="de")
+
+Prompts are rendered by neft.data.render_example and tokenized like training prompts, so
+the model sees at test time exactly what it saw before its targets. Generation is batched
+with left padding (decoder-only models continue from the last position), prompts sorted by
+length to waste little padding, and the outputs returned in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from jinja2 import TemplateError
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from .data import encode_prompt, load_records, render_example, resolve_template
+from .errors import NeftError
+from .metrics import language_code, parse_metrics, score
+from .models import EMBEDDED_NAMES, EMBEDDED_ORIGIN, load_model
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def end_of_turn_token_id(tokenizer: Any) -> int | None:
+    """The special token a chat template puts after an assistant message (SmolLM2's and
+    Qwen's <|im_end|>, Llama-3's <|eot_id|>, Gemma's <end_of_turn>), found by rendering one
+    turn, so that no model name list is needed. None without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "NEFTMARKER"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+            tokenize=False)
+    except (TemplateError, ValueError):  # a template that rejects this conversation
+        return None
+    after = text[text.rfind(marker) + len(marker):]
+    special = set(tokenizer.all_special_ids)
+    for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token_id in special:
+            return token_id
+    return None
+
+
+def stop_token_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
+    """Token ids that end an answer: the tokenizer's eos, the model's generation eos ids and
+    the chat template's end-of-turn token."""
+    ids = [tokenizer.eos_token_id, end_of_turn_token_id(tokenizer)]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    stops = [i for i in dict.fromkeys(ids) if i is not None]
+    if not stops:
+        raise NeftError("the tokenizer has no eos token and the model no eos_token_id, so "
+                        "generation could not stop: set tokenizer.eos_token")
+    return stops
+
+
+def prompt_token_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt exactly as training tokenizes it (data.encode_prompt)."""
+    return [encode_prompt(tokenizer, prompt) for prompt in prompts]
+
+
+def newline_token_ids(tokenizer: Any) -> torch.Tensor:
+    """Ids of every token whose text holds a line break."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long)
+
+
+class StopAtNewline(StoppingCriteria):
+    """Ends a row once its answer has a newline after some non-blank text: single-line
+    answers (messages, sentences) are complete there, and a model that has not learned to
+    stop would otherwise ramble on to max_new_tokens."""
+
+    def __init__(self, tokenizer: Any, newline_ids: torch.Tensor, prompt_length: int):
+        self.tokenizer = tokenizer
+        self.newline_ids = newline_ids
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor,
+                 **kwargs: Any) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        newline = torch.isin(input_ids[:, -1], self.newline_ids.to(input_ids.device))
+        for row in newline.nonzero().flatten().tolist():
+            answer = self.tokenizer.decode(input_ids[row, self.prompt_length:],
+                                           skip_special_tokens=True)
+            done[row] = "\n" in answer.lstrip()
+        return done
+
+
+def _finish(tokenizer: Any, new_ids: list[int], ends: set[int],
+            stop_at_newline: bool) -> tuple[str, int, bool]:
+    """(answer text, tokens generated, whether it ended by itself) for one row.
+
+    The stop token counts as generated; the fill after a row has finished does not.
+    """
+    cut = next((i for i, token in enumerate(new_ids) if token in ends), None)
+    kept = new_ids if cut is None else new_ids[:cut]
+    text = tokenizer.decode(kept, skip_special_tokens=True).lstrip()
+    if stop_at_newline and "\n" in text:  # generation stopped right after the line break
+        return text.partition("\n")[0].rstrip(), len(kept), True
+    return text.rstrip(), len(kept) + (cut is not None), cut is not None
+
+
+def _generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int,
+              max_new_tokens: int, no_repeat_ngram_size: int, stop_at_newline: bool,
+              progress: bool) -> tuple[list[str], list[int], list[bool]]:
+    """Answers in input order, with the tokens each generated and whether it ended."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise NeftError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and "
+                        f"{max_new_tokens}")
+    if no_repeat_ngram_size < 0:
+        raise NeftError(f"no_repeat_ngram_size must be >= 0 (0: off), got {no_repeat_ngram_size}")
+    stops = stop_token_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    ends = {*stops, pad}  # finished rows are filled with pad
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=stops, pad_token_id=pad,
+                              no_repeat_ngram_size=no_repeat_ngram_size or None)
+    encoded = prompt_token_ids(tokenizer, prompts)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM early
+    device = next(model.parameters()).device
+    newline_ids = newline_token_ids(tokenizer).to(device) if stop_at_newline else None
+    texts, counts, ended = [""] * len(encoded), [0] * len(encoded), [False] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(encoded), desc="generating", unit="ex",
+                                          disable=not progress, file=sys.stderr) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                width = max(len(encoded[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):  # left padding
+                    input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                    attention_mask[row, width - len(encoded[i]):] = 1
+                criteria = StoppingCriteriaList()
+                if newline_ids is not None:
+                    criteria.append(StopAtNewline(tokenizer, newline_ids, width))
+                output = model.generate(input_ids=input_ids.to(device),
+                                        attention_mask=attention_mask.to(device),
+                                        generation_config=config, stopping_criteria=criteria)
+                for row, new_ids in zip(batch, output[:, width:].tolist(), strict=True):
+                    texts[row], counts[row], ended[row] = _finish(tokenizer, new_ids, ends,
+                                                                  stop_at_newline)
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return texts, counts, ended
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    no_repeat_ngram_size: int = 0,
+    stop_at_newline: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to already rendered prompts, one per prompt, in input order.
+
+    Stops at eos or the chat end-of-turn token (and, with stop_at_newline, at the first
+    line break after some text). no_repeat_ngram_size=4 is the paper's setting; 0 is off.
+    Answers are stripped of surrounding whitespace.
+    """
+    return _generate(model, tokenizer, prompts, batch_size, max_new_tokens,
+                     no_repeat_ngram_size, stop_at_newline, progress)[0]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _scoring_language(records: Sequence[Mapping[str, Any]], task: str, source_lang: str | None,
+                      target_lang: str | None) -> str | None:
+    """The language the references are in, which picks the BLEU tokenizer. Like the
+    prompts: a record's tgt_lang, else target_lang; a summary defaults to its source
+    language; instruction and completion answers have none (BLEU's default tokenizer)."""
+    def reference_language(record: Mapping[str, Any]) -> str | None:
+        if record.get("tgt_lang") or target_lang:
+            return record.get("tgt_lang") or target_lang
+        if task == "summarization":
+            return record.get("src_lang") or source_lang or "en"
+        return None
+
+    found = Counter(reference_language(record) for record in records)
+    if len({language_code(lang) for lang in found}) > 1:
+        raise NeftError(f"the records mix target languages ({', '.join(map(str, found))}): "
+                        "evaluate one language at a time")
+    return next(iter(found))
+
+
+def evaluate_model(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Mapping[str, Any]],
+    task: str = "translation",
+    template: str = "auto",
+    source_lang: str | None = None,
+    target_lang: str | None = None,
+    metrics: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    no_repeat_ngram_size: int = 0,
+    stop_at_newline: bool | None = None,
+    comet_model: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate an answer to every record's prompt and score it against its target.
+
+    stop_at_newline=None turns it on when no reference spans several lines. Returns
+    {"scores", "signatures", "settings", "generation" (speed; how many answers never
+    ended within max_new_tokens), "samples" (id, source, reference, hypothesis)}.
+    """
+    if not records:
+        raise NeftError("no records to evaluate")
+    pairs = [render_example(r, task, tokenizer, template, source_lang, target_lang)
+             for r in records]
+    refs = [target.strip() for _, target in pairs]
+    scoring_lang = _scoring_language(records, task, source_lang, target_lang)
+    chosen = parse_metrics(metrics, refs)  # fail on a bad metric before generating
+    if stop_at_newline is None:
+        stop_at_newline = not any("\n" in ref for ref in refs)
+    start = time.perf_counter()
+    hyps, counts, ended = _generate(model, tokenizer, [p for p, _ in pairs], batch_size,
+                                    max_new_tokens, no_repeat_ngram_size, stop_at_newline,
+                                    progress)
+    seconds = time.perf_counter() - start
+    sources = [str(r.get("source", r.get("instruction", p))) for r, (p, _) in
+               zip(records, pairs, strict=True)]
+    result = score(hyps, refs, scoring_lang, chosen, sources=sources, comet_model=comet_model)
+    result["settings"] = {
+        "task": task, "template": resolve_template(template, tokenizer),
+        "target_lang": scoring_lang, "metrics": chosen, "samples": len(records),
+        "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "no_repeat_ngram_size": no_repeat_ngram_size, "stop_at_newline": stop_at_newline,
+        "decoding": "greedy",
+    }
+    result["generation"] = {
+        "seconds": round(seconds, 2), "new_tokens": sum(counts),
+        "tokens_per_second": round(sum(counts) / seconds, 1) if seconds else None,
+        "unfinished": len(ended) - sum(ended),
+    }
+    result["samples"] = [{"id": r.get("id", i), "source": src, "reference": ref,
+                          "hypothesis": hyp}
+                         for i, (r, src, ref, hyp) in enumerate(zip(records, sources, refs, hyps,
+                                                                    strict=True))]
+    return result
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _read_adapter_config(adapter_dir: str) -> dict[str, Any]:
+    path = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    if not os.path.isdir(adapter_dir):
+        raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir of "
+                        "`neft train` (or a PEFT adapter folder)")
+    if not os.path.isfile(path):
+        raise NeftError(f"{adapter_dir} has no {ADAPTER_CONFIG}: pass a neft or PEFT adapter "
+                        "folder, or give a full/merged model folder as --model")
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise NeftError(f"{path} is not valid JSON ({exc.msg}); re-save the adapter") from None
+
+
+def _is_adapter_only(path: str) -> bool:
+    return (os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+            and not os.path.isfile(os.path.join(path, "config.json")))
+
+
+def load_for_eval(
+    model: str | None = None,
+    adapter: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model, tokenizer, description) for a base model, a full/merged model folder, or a
+    base plus a neft or PEFT (e.g. LoRA) adapter folder.
+
+    An adapter folder given as model is taken as the adapter. The adapter's base is model,
+    else the base_model_name_or_path it recorded. Adapters are merged into the weights
+    (exact for neft and LoRA), so generation runs at the plain model's speed. The model
+    goes to the GPU when there is one.
+    """
+    if model and adapter is None and _is_adapter_only(os.path.expanduser(model)):
+        model, adapter = None, model
+    saved = _read_adapter_config(os.path.expanduser(adapter)) if adapter else {}
+    base = model or saved.get("base_model_name_or_path") or EMBEDDED_NAMES[0]
+    if base == EMBEDDED_ORIGIN:
+        base = EMBEDDED_NAMES[0]
+    loaded, tokenizer = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    kind = None
+    if adapter:
+        kind = str(saved.get("peft_type", "")).upper()
+        if kind == "NEFT":
+            from .model import NeftModel
+
+            loaded = NeftModel.from_pretrained(loaded, os.path.expanduser(adapter))
+            loaded = loaded.merge_and_unload()
+        elif kind:
+            from peft import PeftModel
+
+            loaded = PeftModel.from_pretrained(loaded, os.path.expanduser(adapter))
+            if kind == "LORA":
+                loaded = loaded.merge_and_unload()
+        else:
+            raise NeftError(f"{adapter}/{ADAPTER_CONFIG} has no peft_type: it is neither a neft "
+                            "nor a PEFT adapter")
+    if torch.cuda.is_available():
+        loaded = loaded.to("cuda")
+    loaded.eval()
+    return loaded, tokenizer, {"model": base, "adapter": adapter,
+                               "adapter_type": kind.lower() if kind else None}
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def _opt(help_text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class EvalConfig:
+    """Every option of `neft eval` (flags and YAML keys)."""
+
+    model: str | None = _opt("model name or path; with --adapter its base (default: the "
+                             "base the adapter recorded, else smollm2-135m)")
+    adapter: str | None = _opt("neft or PEFT (LoRA) adapter folder, e.g. a `neft train` "
+                               "output_dir")
+    data: str | None = _opt("test data: JSONL/CSV/TSV/Parquet file, folder or hub dataset")
+    split: str | None = _opt("split of a folder or hub dataset", "test")
+    task: str = _opt("translation, summarization, instruction or completion", "translation")
+    template: str = _opt("prompt template as in training: auto, chat, plain or llama2", "auto")
+    source_lang: str | None = _opt("source language code (else each record's src_lang)")
+    target_lang: str | None = _opt("target language code (else each record's tgt_lang); "
+                                   "also picks the BLEU tokenizer")
+    source_field: str | None = _opt("record field holding the source text")
+    target_field: str | None = _opt("record field holding the reference text")
+    max_samples: int | None = _opt("evaluate the first N records")
+    batch_size: int = _opt("prompts generated together", 16)
+    max_new_tokens: int = _opt("longest answer in tokens", 256)
+    no_repeat_ngram_size: int = _opt("ban repeated n-grams of this size (the paper: 4; 0 off)",
+                                     0)
+    stop_at_newline: bool | None = _opt("end answers at their first line break (default: "
+                                        "when no reference has one)")
+    metrics: str | None = _opt("comma-separated: bleu, chrf, rouge, placeholders, comet "
+                               "(default: bleu,chrf,rouge + placeholders when present)")
+    comet_model: str | None = _opt("local COMET checkpoint (folder or model.ckpt) for comet")
+    output_file: str | None = _opt("write hypotheses and scores here as JSON")
+    dtype: str | None = _opt("model dtype: float32, bfloat16, float16 or auto")
+    trust_remote_code: bool = _opt("allow model code from the hub (off for safety)", False)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise NeftError("no test data: pass --data (a JSONL file, or a folder with "
+                            "test.jsonl); `neft data gettext` makes one")
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write to a temp file beside path, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """Load, generate, score; write config.output_file when given. Returns the result."""
+    field_map = {name: standard for name, standard in ((config.source_field, "source"),
+                                                       (config.target_field, "target")) if name}
+    records = load_records(config.data, split=config.split, field_map=field_map,
+                           limit=config.max_samples, task=config.task)
+    parse_metrics(config.metrics)  # fail on a bad metric before loading the model
+    model, tokenizer, described = load_for_eval(config.model, config.adapter, config.dtype,
+                                                config.trust_remote_code)
+    result = evaluate_model(model, tokenizer, records, task=config.task,
+                            template=config.template, source_lang=config.source_lang,
+                            target_lang=config.target_lang, metrics=config.metrics,
+                            batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                            no_repeat_ngram_size=config.no_repeat_ngram_size,
+                            stop_at_newline=config.stop_at_newline,
+                            comet_model=config.comet_model)
+    result = {**described, "data": config.data, "split": config.split, **result,
+              "config": asdict(config)}
+    if config.output_file:
+        write_json(config.output_file, result)
+    return result
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The scores, their signatures and the generation speed, as printed by `neft eval`."""
+    lines = [f"{'metric':<22}{'score':>8}"]
+    for name, value in result["scores"].items():
+        lines.append(f"{name:<22}{'n/a' if value is None else f'{value:.2f}':>8}")
+    lines += [f"  {name}: {signature}" for name, signature in result["signatures"].items()]
+    gen = result["generation"]
+    lines.append(f"{result['settings']['samples']} samples, {gen['new_tokens']} new tokens in "
+                 f"{gen['seconds']:.1f} s ({gen['tokens_per_second']} tokens/s); "
+                 f"{gen['unfinished']} hit max_new_tokens")
+    return "\n".join(lines)
