@@ -27,9 +27,9 @@ class DemoConfig:
     target_lang: str = "de"
     train_examples: int = 4000
     dev_examples: int = 64
-    test_examples: int = 100
+    test_examples: int = 80
     max_new_tokens: int = 96  # test targets are single messages: p95 is ~40 tokens
-    max_steps: int = 100
+    max_steps: int = 60
     batch_size: int = 8
     neft_learning_rate: float = 5e-4  # NeFT deltas want a higher lr than LoRA (design.md)
     lora_learning_rate: float = 2e-4
