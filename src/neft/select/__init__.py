@@ -49,7 +49,7 @@ from .scorers import (
 from .weights import WeightSource
 
 __all__ = ["QUOTAS", "SCORERS", "Budget", "NeuronScores", "format_summary", "intersect_sets",
-           "linear_shapes", "lora_parameters", "resolve_budget", "score_neurons",
+           "linear_shapes", "lora_parameters", "open_model", "resolve_budget", "score_neurons",
            "select_neurons", "transfer_set", "union_sets"]
 
 SCORERS: dict[str, Callable[[ScoreInput], Scores]] = {
@@ -119,8 +119,14 @@ def select_neurons(
     spec = {"neurons": neurons, "percent": percent, "params": params, "match_lora": match_lora,
             "lora_target_modules": lora_target_modules}
     budgets: list[Budget] = []
-    scores = score_neurons(model, scorer, on_ready=lambda s: budgets.append(s.budget(**spec)),
-                           **options)
+
+    def check_budget(scores: NeuronScores) -> None:
+        budgets.append(scores.budget(**spec))
+        if options.get("progress", True):
+            print(f"neft select: {scorer}, budget {budgets[0].describe()}, pool "
+                  f"{scores.metadata['candidate_pool']:,} neurons", file=sys.stderr, flush=True)
+
+    scores = score_neurons(model, scorer, on_ready=check_budget, **options)
     return scores.select(budgets[0], quota)
 
 
@@ -170,7 +176,7 @@ def score_neurons(
         raise NeftError(f"scorer {scorer!r} needs task data: pass data= (CLI --data PATH)")
     model_name = model if isinstance(model, str) else (
         getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
-    model, weights, tokenizer = _open_model(model, tokenizer, needs_data)
+    model, weights, tokenizer = open_model(model, tokenizer, needs_data)
     groups = find_neuron_groups(model, target_modules, include_gate)
     metadata: dict[str, Any] = {
         "scorer": scorer, "seed": seed, "base_model": model_name,
@@ -201,8 +207,8 @@ def score_neurons(
     return result
 
 
-def _open_model(model: nn.Module | str, tokenizer: Any, needs_forward: bool,
-                ) -> tuple[nn.Module, WeightSource, Any]:
+def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: bool = False,
+               ) -> tuple[nn.Module, WeightSource, Any]:
     """(model, where its weights are read from, tokenizer). From a local safetensors
     folder and no forward pass needed: a weightless (meta) model plus that folder."""
     if isinstance(model, nn.Module):

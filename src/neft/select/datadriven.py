@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,8 +14,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import DataCollator, build_dataset, load_records
+from ..data import DataCollator, TokenizedDataset, build_dataset, load_records
 from ..errors import NeftError
+from ..neurons import is_conv1d
 from .scorers import ScoreInput, Scores
 from .weights import by_module, cosine, logical_matrices, neuron_vectors
 
@@ -22,7 +24,8 @@ from .weights import by_module, cosine, logical_matrices, neuron_vectors
 # defaults for the rest: no warmup, no weight decay, gradient clipping at 1.0).
 PROBE_DEFAULTS = {"steps": 200, "learning_rate": 2e-5, "batch_size": 4, "max_grad_norm": 1.0,
                   "weight_decay": 0.0, "warmup_steps": 0, "schedule": "linear"}
-GRADIENT_DEFAULTS = {"steps": 16, "batch_size": 4}
+GRADIENT_DEFAULTS = {"steps": 24, "batch_size": 4}
+DRIFT_STEPS = 3  # see score_gradient
 
 Example = Mapping[str, Sequence[int]]
 
@@ -31,6 +34,8 @@ def prepare_examples(data: str | os.PathLike | Sequence[Mapping[str, Any]], toke
                      task: str, max_length: int, limit: int | None) -> Sequence[Example]:
     """Tokenized examples (labels masked to the target) from a dataset path (a folder is
     read at its train split), raw records, or examples already tokenized (used as is)."""
+    if isinstance(data, TokenizedDataset):
+        data = data.examples
     if isinstance(data, Sequence) and not isinstance(data, str) and data and (
             "input_ids" in data[0]):
         return data[:limit] if limit else data
@@ -59,8 +64,6 @@ def _settings(inp: ScoreInput, defaults: dict[str, Any]) -> dict[str, Any]:
     for key in ("steps", "batch_size"):
         if int(settings[key]) != settings[key] or settings[key] < 1:
             raise NeftError(f"{key}={settings[key]} must be a positive whole number")
-    if inp.examples is None:
-        raise NeftError("this scorer needs task data: pass data= (CLI --data PATH)")
     return settings
 
 
@@ -73,31 +76,54 @@ def score_probe(inp: ScoreInput) -> Scores:
     temporary file (not memory) and put back. Rankings depend strongly on the learning
     rate, so every setting is returned for the metadata.
     """
-    from transformers import get_linear_schedule_with_warmup
-
     settings = _settings(inp, PROBE_DEFAULTS)
-    model, groups, steps = inp.model, inp.groups, int(settings["steps"])
+    model, groups = inp.model, inp.groups
+    restore = inp.options.get("restore", True)
     modules = by_module(groups)
     originals = {m: w.detach().to(torch.float32, copy=True)
                  for m, w in logical_matrices(model, model, list(modules))}
-    device = next(model.parameters()).device
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     with tempfile.TemporaryDirectory(prefix="neft-probe-") as folder:
         parked = os.path.join(folder, "weights.safetensors")
-        if inp.options.get("restore", True):
+        if restore:
             save_model(model, parked)
-        params = list(model.parameters())
-        for param in params:
-            param.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=settings["learning_rate"],
-                                      weight_decay=settings["weight_decay"])
-        schedule = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], steps)
-        model.train()
-        stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
-                         device)
+        try:
+            losses = _fine_tune(model, inp, settings)
+            scores = [torch.empty(0)] * len(groups)
+            for module, after in logical_matrices(model, model, list(modules)):
+                before = originals.pop(module)
+                for i in modules[module]:
+                    scores[i] = 1 - cosine(neuron_vectors(before, groups[i]),
+                                           neuron_vectors(after, groups[i]))
+        finally:
+            if restore:
+                load_model(model, parked)
+            for param, flag in zip(model.parameters(), flags, strict=True):
+                param.requires_grad_(flag)
+            model.train(was_training)
+    settings.update(optimizer="AdamW", selects="lowest cosine after the probe",
+                    first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4))
+    return scores, settings
+
+
+def _fine_tune(model: nn.Module, inp: ScoreInput, settings: dict[str, Any]) -> list[float]:
+    """Full fine-tuning as transformers' Trainer does it; returns the losses."""
+    from transformers import get_linear_schedule_with_warmup
+
+    steps = int(settings["steps"])
+    params = list(model.parameters())
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=settings["learning_rate"],
+                                  weight_decay=settings["weight_decay"])
+    schedule = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], steps)
+    stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
+                     next(model.parameters()).device)
+    model.train()
+    losses = []
+    with torch.random.fork_rng():  # seeded dropout, the caller's RNG left alone
         torch.manual_seed(inp.seed)
-        losses = []
         for _ in tqdm(range(steps), desc="probe", unit="step", disable=not inp.progress):
             loss = model(**next(stream)).loss
             loss.backward()
@@ -106,33 +132,75 @@ def score_probe(inp: ScoreInput) -> Scores:
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        del optimizer
-        scores = [torch.empty(0)] * len(groups)
-        for module, after in logical_matrices(model, model, list(modules)):
-            before = originals.pop(module)
-            for i in modules[module]:
-                sim = cosine(neuron_vectors(before, groups[i]), neuron_vectors(after, groups[i]))
-                scores[i] = 1 - sim
-        if inp.options.get("restore", True):
-            load_model(model, parked)
-    for param, flag in zip(model.parameters(), flags, strict=True):
-        param.requires_grad_(flag)
-    model.train(was_training)
-    settings.update(optimizer="AdamW", selects="lowest cosine after the probe",
-                    first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4))
-    return scores, settings
+    return losses
 
 
 def score_gradient(inp: ScoreInput) -> Scores:
-    raise NotImplementedError
+    """Ours: predict how far a short Adam fine-tuning would turn each neuron, from the
+    gradients of ``steps`` batches, without updating anything.
 
+    Adam moves every element by about lr per step in a normalised direction: an element
+    whose gradient is noise random-walks (~sqrt(K) steps' worth), one with a consistent
+    sign drifts (~K). Per neuron of d elements, with mean gradient mu and mean squared
+    gradient norm m over the batches, snr^2 = d * (|mu|^2 / m - 1/B) (bias-corrected) and
+    the expected displacement is ~ sqrt(k * snr^2 + d); the angle it turns the neuron by
+    (what cosine selection ranks) is that over |w|. ``k`` (effective drift steps) is 3, set
+    on a development probe (en-fr), not on the benchmark's data.
 
-def _frozen_except(model: nn.Module, modules: list[str]) -> list[bool]:
-    """Freeze everything but the weights of ``modules``; returns the old flags."""
+    Memory: only the candidate matrices get gradients (everything else is frozen), each
+    weight's gradient is reduced right after it is accumulated and then dropped, and the
+    sums kept are one float32 copy of the candidate neurons plus a scalar per neuron.
+    """
+    settings = _settings(inp, GRADIENT_DEFAULTS)
+    model, groups = inp.model, inp.groups
+    modules = by_module(groups)
     layers = dict(model.named_modules())
+    sums = [torch.zeros(g.count, g.neuron_params) for g in groups]
+    squares = [torch.zeros(g.count, dtype=torch.float64) for g in groups]
+
+    def reduce(module: str, param: nn.Parameter) -> None:
+        grad = param.grad.t() if is_conv1d(layers[module]) else param.grad
+        for i in modules[module]:
+            vectors = neuron_vectors(grad, groups[i]).float()
+            sums[i] += vectors
+            squares[i] += vectors.double().pow(2).sum(dim=1)
+        param.grad = None
+
     flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
     for param in model.parameters():
         param.requires_grad_(False)
+    hooks = []
     for module in modules:
-        layers[module].weight.requires_grad_(True)
-    return flags
+        weight = layers[module].weight
+        weight.requires_grad_(True)
+        hooks.append(weight.register_post_accumulate_grad_hook(partial(reduce, module)))
+    device = next(model.parameters()).device
+    steps = int(settings["steps"])
+    stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
+                     device)
+    model.train()  # as the probe and training run it (dropout, if any, seeded below)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(inp.seed)
+            for _ in tqdm(range(steps), desc="gradient", unit="batch",
+                          disable=not inp.progress):
+                model(**next(stream)).loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for param, flag in zip(model.parameters(), flags, strict=True):
+            param.requires_grad_(flag)
+            param.grad = None
+        model.train(was_training)
+    scores = [torch.empty(0)] * len(groups)
+    for module, weight in logical_matrices(model, model, list(modules)):
+        for i in modules[module]:
+            size = groups[i].neuron_params
+            mean = sums[i].double() / steps
+            mean_square = (squares[i] / steps).clamp_min(torch.finfo(torch.float64).tiny)
+            snr = size * (mean.pow(2).sum(dim=1) / mean_square - 1 / steps).clamp_min(0)
+            norm = neuron_vectors(weight, groups[i]).double().norm(dim=1)
+            scores[i] = (DRIFT_STEPS * snr + size).sqrt() / norm
+    settings.update(drift_steps=DRIFT_STEPS, selects="largest predicted Adam turn")
+    return scores, settings

@@ -22,7 +22,7 @@ def format_summary(neurons: NeuronSet) -> str:
              f"seed: {meta.get('seed', '-')}  base: {meta.get('base_model', '?')}"]
     budget = meta.get("budget")
     if isinstance(budget, dict):
-        lines.append(f"budget: {budget.get('requested')}")
+        lines.append(f"budget: {budget.get('requested')} -> {budget.get('neurons', 0):,} neurons")
     size = f"{neurons.num_neurons():,} neurons"
     if all(m in neurons.shapes for m in neurons.modules()):
         size += f" = {neurons.num_parameters():,} parameters"
