@@ -1,0 +1,18 @@
+"""The committed CPU speed benchmark: `neft bench` writing to benchmarks/results.
+
+    .venv/bin/python benchmarks/speed.py            # -> benchmarks/results/speed_cpu.*
+
+Any `neft bench` flag may follow and wins over these defaults (see --help).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from neft.cli import main
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "--output_dir", RESULTS, *sys.argv[1:]]))
