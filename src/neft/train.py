@@ -125,11 +125,15 @@ def prepare_output_dir(config: TrainConfig) -> bool:
     """Refuse to mix runs: an output_dir holding another run needs --overwrite, and
     --resume needs the same options. Returns True when a checkpoint is resumed."""
     path = config.output_dir
+    if not _is_main_process():
+        # Rank 0 checks and may already have written this run's files; a failure there
+        # ends every rank (torchrun), so the others only need to know whether to resume.
+        return config.resume and os.path.isdir(path) and any(
+            name.startswith("checkpoint-") for name in os.listdir(path))
     run_file = os.path.join(path, RUN_FILE)
     occupied = os.path.isdir(path) and bool(os.listdir(path))
     if occupied and config.overwrite and not config.resume:
-        if _is_main_process():
-            shutil.rmtree(path)
+        shutil.rmtree(path)
         return False
     if not occupied:
         if config.resume:
