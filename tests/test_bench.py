@@ -150,3 +150,22 @@ def test_weight_sync_never_disturbs_a_pending_backward_and_sees_data_writes() ->
         before = neft(input_ids=ids).logits
     layer.neft_delta_rows.data.add_(0.5)  # invisible to version counters and hooks
     assert not torch.allclose(neft(input_ids=ids, labels=ids).logits.detach(), before)
+
+
+def test_state_dict_holds_the_original_base_weight() -> None:
+    model = make_model("llama")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    neurons = pick_neurons(model)
+    neft = get_neft_model(model, NeftConfig(neurons=neurons))
+    optimizer = torch.optim.AdamW([p for p in neft.parameters() if p.requires_grad], lr=1e-2)
+    ids = make_batch()
+    neft(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    expected = neft(input_ids=ids).logits.detach()  # the base weight now holds W0 + D
+    state = {k: v.clone() for k, v in neft.state_dict().items()}
+    for name, value in base.items():
+        key = next(k for k in state if k.replace(".base_layer.", ".").endswith(name))
+        assert torch.equal(state[key], value), name
+    fresh = get_neft_model(make_model("llama"), NeftConfig(neurons=neurons))
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(input_ids=ids).logits, expected)

@@ -154,6 +154,10 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         # deltas' stamp when they were written.
         self._original: tuple[torch.Tensor, torch.Tensor] | None = None
         self._stamp: tuple[int, ...] | None = None
+        # state_dict and load_state_dict see the original base weight, as without the fast
+        # path (the next forward writes W0 + D again). Module-level functions: picklable.
+        self.register_state_dict_pre_hook(_unsync_hook)
+        self._register_load_state_dict_pre_hook(_unsync_hook, with_module=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
@@ -261,6 +265,10 @@ class NeuronDeltaLayer(_NeuronLayerBase):
                             f"{list(self.neft_delta_cols.shape)}: adapter and base do not match")
         self.neft_delta_rows.copy_(rows)
         self.neft_delta_cols.copy_(cols)
+
+
+def _unsync_hook(module: NeuronDeltaLayer, *_: object) -> None:
+    module._unsync()
 
 
 class NeuronMaskLayer(_NeuronLayerBase):
