@@ -31,8 +31,8 @@ def spec(mode: str, neurons: int = 0, lora_rank: int = 0) -> dict:
             "max_length": 16, "warmup_steps": 1, "steps": 2, "learning_rate": 1e-3,
             "threads": torch.get_num_threads(), "gradient_checkpointing": False,
             "autocast": None, "seed": 0, "mode": mode,
-            "budget": "lora-r8" if neurons else None, "neurons": neurons,
-            "lora_rank": lora_rank}
+            "budget": "lora-r8" if neurons else None, "budget_neurons": neurons,
+            "neurons": neurons, "lora_rank": lora_rank}
 
 
 def skeleton(name: str) -> torch.nn.Module:
@@ -57,6 +57,7 @@ def test_every_mode_reports_its_numbers() -> None:
     neurons, rank = resolve("lora-r8", skeleton("tiny-random"))
     runs = [measure(spec(mode, neurons if mode in ("neft", "neft-mask", "lora") else 0, rank))
             for mode in ("floor", "neft", "neft-mask", "lora", "ft-inout", "full")]
+    runs[0]["budget"] = "lora-r8"  # floor runs beside each budget's modes
     by_mode = {r["mode"]: r for r in runs}
     for run in runs:
         assert len(run["step_times_s"]) == 3 and run["step_s"] > 0 and run["peak_mb"] > 0
@@ -81,11 +82,14 @@ def test_every_mode_reports_its_numbers() -> None:
 
 
 def test_benchmark_runs_each_mode_in_its_own_process_and_writes_files(tmp_path) -> None:
-    config = BenchConfig(model="tiny-random", modes="floor,neft", budgets="lora-r8", sweep="",
-                         per_device_train_batch_size=2, max_length=16, warmup_steps=1,
-                         steps=1, threads=1, output_dir=str(tmp_path), name="speed")
+    config = BenchConfig(model="tiny-random", modes="floor,neft,full", budgets="lora-r8",
+                         sweep="paper-3", per_device_train_batch_size=2, max_length=16,
+                         warmup_steps=1, steps=1, threads=1, output_dir=str(tmp_path),
+                         name="speed")
     results = run_benchmark(config, log=lambda *a, **k: None)
-    assert [r["mode"] for r in results["runs"]] == ["floor", "neft"]
+    assert [(r["mode"], r["budget"]) for r in results["runs"]] == [
+        ("floor", "lora-r8"), ("neft", "lora-r8"), ("full", None), ("floor", "paper-3"),
+        ("neft", "paper-3")]
     assert not any("error" in r for r in results["runs"])
     (tmp_path / "speed.md").write_text(f"old table\n{NOTES_MARKER}\nhand-written notes\n")
     written = write_results(results, str(tmp_path), "speed")
@@ -95,7 +99,8 @@ def test_benchmark_runs_each_mode_in_its_own_process_and_writes_files(tmp_path) 
     assert "old table" not in report and report.endswith("hand-written notes\n")
     assert "| lora-r8 | neft | 256 |" in format_report(results)
     saved = json.loads((tmp_path / "speed.json").read_text())
-    assert saved["runs"][1]["time_vs_floor"] == pytest.approx(results["runs"][1]["time_vs_floor"])
+    assert saved["runs"][4]["time_vs_floor"] == pytest.approx(
+        results["runs"][4]["step_s"] / results["runs"][3]["step_s"])
     assert not list(tmp_path.glob("*.tmp-*"))
 
 

@@ -346,7 +346,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     memory.update(meter.peak())
     step = statistics.median(times[spec["warmup_steps"]:])
     return {
-        "mode": mode, "budget": spec["budget"], "neurons": spec["neurons"],
+        "mode": mode, "budget": spec["budget"], "budget_neurons": spec["budget_neurons"],
+        "neurons": spec["neurons"],
         "lora_rank": spec["lora_rank"] if mode == "lora" else None,
         "trainable": trainable, "total_parameters": total,
         "parameters_with_grad": sum(p.numel() for p in params),
@@ -362,7 +363,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(config: BenchConfig) -> list[dict[str, Any]]:
-    """One spec per process: budget-free modes once, budget modes per distinct budget."""
+    """One spec per process, in order of running. ``floor`` runs once per budget, just
+    before that budget's modes, so that each ratio to it compares runs close in time (the
+    machine's speed drifts by a few percent over minutes); ft-inout and full run once."""
     with torch.device("meta"):
         from transformers import AutoModelForCausalLM
 
@@ -375,14 +378,20 @@ def plan(config: BenchConfig) -> list[dict[str, Any]]:
         "learning_rate": config.learning_rate, "threads": config.threads,
         "gradient_checkpointing": bool(config.gradient_checkpointing),
         "autocast": config.autocast, "seed": config.seed,
+        "budget": None, "budget_neurons": 0, "neurons": 0, "lora_rank": 0,
     }
-    specs = [{**common, "mode": m, "budget": None, "neurons": 0, "lora_rank": 0}
-             for m in modes if m not in BUDGET_MODES]
-    sweep_modes = [m for m in modes if m in BUDGET_MODES]
-    for budget in dict.fromkeys(_split(config.budgets) + _split(config.sweep)):
+    budget_free = [{**common, "mode": m} for m in modes if m not in BUDGET_MODES + ("floor",)]
+    budgets = list(dict.fromkeys(_split(config.budgets) + _split(config.sweep)))
+    if not budgets:
+        return [{**common, "mode": m} for m in modes if m == "floor"] + budget_free
+    specs: list[dict[str, Any]] = []
+    for budget in budgets:
         neurons, rank = resolve(budget, skeleton)
-        specs += [{**common, "mode": m, "budget": budget, "neurons": neurons, "lora_rank": rank}
-                  for m in sweep_modes]
+        at_budget = {**common, "budget": budget, "budget_neurons": neurons, "lora_rank": rank}
+        specs += [{**at_budget, "mode": m, "neurons": 0 if m == "floor" else neurons}
+                  for m in modes if m in BUDGET_MODES + ("floor",)]
+        if budget == budgets[0]:
+            specs += budget_free
     return specs
 
 
@@ -408,19 +417,20 @@ def run_in_subprocess(spec: dict[str, Any], timeout: int) -> dict[str, Any]:
 
 
 def _identity(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"mode": spec["mode"], "budget": spec["budget"], "neurons": spec["neurons"],
+    return {"mode": spec["mode"], "budget": spec["budget"],
+            "budget_neurons": spec["budget_neurons"], "neurons": spec["neurons"],
             "lora_rank": spec["lora_rank"] if spec["mode"] == "lora" else None}
 
 
 def add_ratios(runs: list[dict[str, Any]], first_budget: str | None) -> None:
-    """time and memory over floor's, and over LoRA's at the same budget (budget-free
-    modes: over LoRA at the first budget of the main table)."""
+    """Time and memory over floor's and over LoRA's at the same budget; budget-free modes
+    (ft-inout, full) over those at the first budget of the main table."""
     ok = [r for r in runs if "error" not in r]
-    floor = next((r for r in ok if r["mode"] == "floor"), None)
+    floors = {r["budget"]: r for r in ok if r["mode"] == "floor"}
     loras = {r["budget"]: r for r in ok if r["mode"] == "lora"}
     for run in ok:
-        lora = loras.get(run["budget"] or first_budget)
-        for key, ref in (("floor", floor), ("lora", lora)):
+        budget = run["budget"] or first_budget
+        for key, ref in (("floor", floors.get(budget)), ("lora", loras.get(budget))):
             run[f"time_vs_{key}"] = run["step_s"] / ref["step_s"] if ref else None
             run[f"memory_vs_{key}"] = run["peak_mb"] / ref["peak_mb"] if ref else None
 
@@ -509,9 +519,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def _rows(runs: list[dict[str, Any]], budgets: list[str | None]) -> Iterator[dict[str, Any]]:
+    """Runs grouped by budget (budget-free modes right after the first budget's)."""
     order = {m: i for i, m in enumerate(MODES)}
+    rank = {b: 2 * i for i, b in enumerate(b for b in budgets if b is not None)}
+    rank[None] = 1
     chosen = [r for r in runs if r["budget"] in budgets]
-    yield from sorted(chosen, key=lambda r: (budgets.index(r["budget"]), order[r["mode"]]))
+    yield from sorted(chosen, key=lambda r: (rank[r["budget"]], order[r["mode"]]))
 
 
 def format_table(results: dict[str, Any], budgets: list[str | None]) -> str:
@@ -559,7 +572,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"{results['date']}; {results['machine'].get('gpu') or results['machine']['cpu']}, "
         f"{config['threads']} threads, torch {results['machine']['torch']}; fused AdamW; "
         f"median of {config['steps']} steps after {config['warmup_steps']} warm-up; each mode in "
-        "its own process. Budget-free modes' ratios to lora are to LoRA at the first budget.",
+        "its own process; floor runs again before each budget's modes, and ratios are to the "
+        "floor and LoRA of the same budget (ft-inout and full: of the first budget).",
         "", f"Command: `{results['command']}`", "", format_table(results, main),
     ]
     if sweep:
@@ -581,24 +595,24 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "step_s", "step time (s)"),
                            (axes[1], "peak_mb", "peak memory (MB)")):
-        for mode, style in (("neft", "o-"), ("neft-separate", "o:"), ("neft-mask", "s--"),
-                            ("lora", "^-")):
-            points = sorted((r["neurons"], r[key]) for r in runs if r["mode"] == mode)
+        for mode, style in (("floor", "k.:"), ("neft", "o-"), ("neft-separate", "o:"),
+                            ("neft-mask", "s--"), ("lora", "^-")):
+            points = sorted((r["budget_neurons"], r[key]) for r in runs
+                            if r["mode"] == mode and r["budget"])
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=mode)
-        for mode, color in (("floor", "black"), ("ft-inout", "tab:purple"),
-                            ("full", "tab:red")):
+        for mode, color in (("ft-inout", "tab:purple"), ("full", "tab:red")):
             value = next((r[key] for r in runs if r["mode"] == mode), None)
             if value is not None:
                 ax.axhline(value, color=color, linestyle=":", label=mode)
         ax.set_xscale("log")
-        paper = sorted({(r["neurons"], r["budget"]) for r in runs
+        paper = sorted({(r["budget_neurons"], r["budget"]) for r in runs
                         if (r["budget"] or "").startswith("paper-")})
         if paper:
             ax.set_xticks([n for n, _ in paper],
                           [f"{b[6:]}%\n{n:,}" for n, b in paper], fontsize=8)
             ax.minorticks_off()
-        for budget, neurons in sorted({(r["budget"], r["neurons"]) for r in runs
+        for budget, neurons in sorted({(r["budget"], r["budget_neurons"]) for r in runs
                                        if (r["budget"] or "").startswith("lora-")}):
             ax.axvline(neurons, color="gray", linestyle="--", linewidth=0.8,
                        label=f"budget = LoRA {budget[5:]}")
