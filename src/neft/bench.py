@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -505,7 +506,7 @@ def run_benchmark(config: BenchConfig, log: Any = print) -> dict[str, Any]:
     add_ratios(runs, main[0] if main else None)
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv), "config": dataclasses.asdict(config),
+        "command": shlex.join(sys.argv), "config": dataclasses.asdict(config),
         "machine": machine(), "wall_s": time.perf_counter() - started,
         "runs": runs, "targets": check_targets(runs),
     }
