@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -99,11 +100,44 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     for field in dataclasses.fields(cls):
         if field.name not in values:
             continue
-        value, kind = values[field.name], _base_type(field.type)
-        if value is not None and kind in (int, float) and not isinstance(value, bool):
-            try:
-                value = kind(value)
-            except (TypeError, ValueError) as exc:
-                raise NeftError(f"option {field.name} must be a number, not {value!r}") from exc
+        value = values[field.name]
+        if value is not None:
+            value = _convert(field.name, value, _base_type(field.type))
         converted[field.name] = value
     return cls(**converted)
+
+
+def _convert(name: str, value: Any, kind: type) -> Any:
+    """A YAML value as its field's type. Strict, because a quoted 'false' is truthy text
+    (``overwrite: 'false'`` would delete a run) and 2.5 steps must not quietly become 2."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return _parse_bool(str(value))
+        except argparse.ArgumentTypeError:
+            raise NeftError(f"option {name} must be true or false, not {value!r}") from None
+    if kind in (int, float):
+        if isinstance(value, (bool, list, dict)):
+            raise NeftError(f"option {name} must be a number, not {value!r}")
+        if kind is int and isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise NeftError(f"option {name} must be a number, not {value!r}") from None
+        if not math.isfinite(number):
+            raise NeftError(f"option {name} must be a finite number, not {value!r}")
+        if kind is float:
+            return number
+        if number != int(number):
+            raise NeftError(f"option {name} must be a whole number, not {value!r}")
+        return int(number)
+    if kind is str and not isinstance(value, str):
+        if isinstance(value, bool):  # `bf16: true` in YAML means the text true
+            return "true" if value else "false"
+        if isinstance(value, (list, dict)):
+            raise NeftError(f"option {name} must be text, not a {type(value).__name__} "
+                            f"({value!r}); write one value")
+        return str(value)
+    return value

@@ -117,6 +117,9 @@ def _require_fields(record: Mapping[str, Any], task: str, where: str) -> None:
                             f"e.g. {{'de': 'target'}})")
         if not isinstance(value, str):
             raise NeftError(f"{where}: field {name!r} is {type(value).__name__}, expected text")
+        if not value.strip():
+            raise NeftError(f"{where}: field {name!r} is empty; fill it in or remove that "
+                            "record (an empty text trains or scores nothing)")
 
 
 def _looks_like_file(source: str) -> bool:
@@ -158,9 +161,15 @@ def _read_delimited(path: str, delimiter: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_parquet(path: str) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq  # a dependency of datasets
 
-    for i, row in enumerate(pq.read_table(path).to_pylist()):
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise NeftError(f"{path} is not a readable Parquet file ({exc}); it may be truncated "
+                        "or another format: check the file") from None
+    for i, row in enumerate(table.to_pylist()):
         yield f"{path}[{i}]", row
 
 
@@ -196,6 +205,13 @@ def _read_hub(name: str, split: str | None) -> Iterator[tuple[str, Any]]:
     if split is None:
         raise NeftError(f"{name!r} is not a local file, so it is read as a Hugging Face dataset, "
                         "which needs a split: pass split='train' (--split train)")
+    from .models import hub_reachable
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and not hub_reachable():  # else a minute of retries, then this
+        raise NeftError(f"{name!r} is not a local file or folder, and the Hugging Face Hub "
+                        "cannot be reached to load it as a dataset: check the path (a local "
+                        f"one needs a form like ./{name} or {name}.jsonl)")
     import datasets
 
     repo, _, config = name.partition(":")
@@ -224,6 +240,9 @@ def load_records(
     """
     if task is not None:
         _check_choice(task, TASKS, "task")
+    if limit is not None and limit < 1:
+        raise NeftError(f"a record limit of {limit} leaves no data; pass at least 1, or no "
+                        "limit to use every record")
     path = os.path.expanduser(source)
     if os.path.isdir(path):
         path = _split_file(path, split)
@@ -248,8 +267,9 @@ def load_records(
     except UnicodeDecodeError as exc:
         raise NeftError(f"{source}: not UTF-8 text ({exc.reason}); re-encode it as UTF-8") from None
     if not records:
-        raise NeftError(f"{source}{f' [{split}]' if split else ''}: no records; check the file "
-                        "and the split")
+        where = source if os.path.isfile(path) or not split else f"{source} [{split}]"
+        raise NeftError(f"{where} has no records: give it at least one (one JSON object a line "
+                        "in .jsonl, a header and rows in .csv)")
     return records
 
 
@@ -293,8 +313,8 @@ def _languages(record: Mapping[str, Any], task: str, src_lang: str | None,
     src = record.get("src_lang") or src_lang or "en"
     tgt = record.get("tgt_lang") or tgt_lang or (src if task == "summarization" else None)
     if tgt is None:
-        raise NeftError("translation needs a target language: pass tgt_lang (--tgt_lang de) or "
-                        "give records a tgt_lang field")
+        raise NeftError("translation needs a target language: pass --target_lang de "
+                        "(tgt_lang= in Python) or give records a tgt_lang field")
     return language_name(src), language_name(tgt)
 
 

@@ -321,7 +321,18 @@ def load_for_eval(
         elif kind:
             from peft import PeftModel
 
-            loaded = PeftModel.from_pretrained(loaded, os.path.expanduser(adapter))
+            folder = os.path.expanduser(adapter)
+            if not os.path.isfile(os.path.join(folder, "adapter_model.safetensors")):
+                raise NeftError(f"{adapter} has no adapter_model.safetensors (a pickle "
+                                "adapter_model.bin is not loaded: unpickling can run code); "
+                                "save the adapter with safe_serialization=True")
+            try:
+                loaded = PeftModel.from_pretrained(loaded, folder)
+            except (RuntimeError, ValueError, KeyError, OSError) as exc:
+                text = str(exc).strip()
+                raise NeftError(f"adapter {adapter} does not fit model {base} "
+                                f"({text.splitlines()[0] if text else type(exc).__name__}); "
+                                "pass the base model it was trained on as --model") from exc
             if kind == "LORA":
                 loaded = loaded.merge_and_unload()
         else:
@@ -376,6 +387,24 @@ class EvalConfig:
         if not self.data:
             raise NeftError("no test data: pass --data (a JSONL file, or a folder with "
                             "test.jsonl); `neft data gettext` makes one")
+        # Checked here so that bad values fail before minutes of loading and generating.
+        from .data import TASKS, TEMPLATES, language_name
+
+        for name, allowed in (("task", TASKS), ("template", TEMPLATES)):
+            if getattr(self, name) not in allowed:
+                raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "
+                                f"{', '.join(allowed)}")
+        for name, low in (("batch_size", 1), ("max_new_tokens", 1), ("max_samples", 1),
+                          ("no_repeat_ngram_size", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise NeftError(f"{name} must be at least {low}, not {value}")
+        for lang in (self.source_lang, self.target_lang):
+            if lang:
+                language_name(lang)
+        if self.output_file and os.path.isdir(self.output_file):
+            raise NeftError(f"output_file {self.output_file} is a folder; give a file name "
+                            f"such as {os.path.join(self.output_file, 'eval.json')}")
 
 
 def write_json(path: str, data: Any) -> None:

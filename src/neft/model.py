@@ -23,6 +23,7 @@ from . import __version__
 from .errors import NeftError
 from .layers import NeuronDeltaLayer, NeuronMaskLayer
 from .neurons import (
+    AXES,
     NeuronSet,
     atomic_save_file,
     count_parameters,
@@ -198,6 +199,13 @@ class NeftModel(nn.Module):
             _set_submodule(self.base_model, path, layer.base_layer)
         return self.base_model
 
+    def _unwrap(self) -> None:
+        """Put the base layers back without touching their weights (no deltas were set)."""
+        for path, layer in list(self.neft_layers()):
+            if isinstance(layer, NeuronMaskLayer):
+                layer.remove_hook()
+            _set_submodule(self.base_model, path, layer.base_layer)
+
     def unload(self) -> nn.Module:
         """Drop the adapter without merging and return the untouched base model."""
         for path, layer in list(self.neft_layers()):
@@ -261,26 +269,69 @@ class NeftModel(nn.Module):
         os.replace(tmp, path)
 
     def load_adapter_weights(self, adapter_dir: str | os.PathLike) -> None:
-        """Set the deltas from a saved adapter with the same neurons (e.g. a checkpoint)."""
+        """Set the deltas from a saved adapter with the same neurons (e.g. a checkpoint).
+
+        Every tensor is checked (indices in range, deltas present, shaped for their
+        indices, floating point, finite) before any is set, so a damaged or tampered
+        file changes nothing.
+        """
         path = os.path.join(adapter_dir, WEIGHTS_NAME)
         if NeuronSet.load(path) != self.neurons:
             raise NeftError(f"{path} holds other neurons than this model trains; load it "
                             "with NeftModel.from_pretrained on the base model instead")
         tensors, _ = read_safetensors(path)
+        checked = []
         for name, layer in self.neft_layers():
-            rows, cols = layer.get_deltas()
-            rows = tensors.get(f"{name}::delta_rows", rows)
-            cols = tensors.get(f"{name}::delta_cols", cols)
-            layer.set_deltas(rows.to(layer.weight.device), cols.to(layer.weight.device))
+            current = layer.get_deltas()
+            loaded = []
+            for axis, index, now in zip(AXES, (layer.neft_rows, layer.neft_cols), current,
+                                        strict=True):
+                key = f"{name}::delta_{axis}"
+                delta = tensors.get(key)
+                if delta is None:
+                    if index.numel():  # must not load silently as zeros (untrained)
+                        raise NeftError(f"{path} has indices but no deltas for {name} {axis} "
+                                        f"({key!r}); the file is damaged: use another "
+                                        "checkpoint")
+                    delta = now
+                elif not delta.dtype.is_floating_point:
+                    raise NeftError(f"{path}: {key!r} is {delta.dtype}, not floating point; "
+                                    "the file is damaged: use another checkpoint")
+                elif delta.shape != now.shape:
+                    raise NeftError(f"{path}: {key!r} has shape {list(delta.shape)} but its "
+                                    f"indices need {list(now.shape)}; the file is damaged: "
+                                    "use another checkpoint")
+                elif not bool(torch.isfinite(delta).all()):
+                    raise NeftError(f"{path}: {key!r} holds NaN or infinite values (training "
+                                    "diverged?); use an earlier checkpoint")
+                loaded.append(delta.to(layer.weight.device))
+            checked.append((layer, loaded))
+        for layer, (rows, cols) in checked:
+            layer.set_deltas(rows, cols)
 
     @staticmethod
     def read_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
         config_path = os.path.join(adapter_dir, CONFIG_NAME)
+        if not os.path.isdir(adapter_dir):
+            raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir "
+                            "of `neft train`")
         if not os.path.isfile(config_path):
             raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}; is it a neft adapter folder "
                             "(written by save_pretrained or `neft train`)?")
-        with open(config_path) as handle:
-            return json.load(handle)
+        try:
+            with open(config_path) as handle:
+                config = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise NeftError(f"{config_path} is not valid JSON ({exc}); the adapter is damaged: "
+                            "save it again or use a checkpoint") from None
+        if not isinstance(config, dict):
+            raise NeftError(f"{config_path} must hold a JSON object; the adapter is damaged")
+        kind = str(config.get("peft_type", "NEFT")).upper()
+        if kind != "NEFT":
+            raise NeftError(f"{adapter_dir} is a {kind} adapter, not a neft one: load it with "
+                            "peft (`neft eval --adapter` does), or merge it with peft's "
+                            "merge_and_unload")
+        return config
 
     @classmethod
     def saved_base_name(cls, adapter_dir: str | os.PathLike) -> str:
@@ -305,8 +356,15 @@ class NeftModel(nn.Module):
         config = NeftConfig(neurons=neurons, mode=saved.get("mode", "compact"),
                             delta_dtype=saved.get("delta_dtype", "float32"),
                             base_model_name_or_path=saved.get("base_model_name_or_path"))
+        flags = [(p, p.requires_grad) for p in model.parameters()]
         wrapped = cls(model, config)
-        wrapped.load_adapter_weights(adapter_dir)
+        try:
+            wrapped.load_adapter_weights(adapter_dir)
+        except BaseException:
+            wrapped._unwrap()  # the caller's model is left as it was given
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            raise
         if not is_trainable:
             for param in wrapped.parameters():
                 param.requires_grad_(False)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -164,12 +167,66 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
     tokenizer.pad_token = fallback
 
 
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's host answers at all. A fast 'no' spares a minute of download
+    retries when, offline, a mistyped local folder name is taken for a hub id."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy can tell; let the download try
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model was downloaded before (its config.json is in the local cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _check_local_model(name_or_path: str, source: str) -> None:
+    """A folder that is not a safetensors model fails here, before transformers tries."""
+    if os.path.isfile(source):
+        raise NeftError(f"model {name_or_path!r} is a file; pass the folder that holds its "
+                        "config.json and weights")
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise NeftError(f"{name_or_path!r} has no config.json: pass a directory written "
+                        "by save_pretrained (or a merged neft model)")
+    files = os.listdir(source)
+    if not any(f.endswith(".safetensors") for f in files):
+        pickled = [f for f in files if f.endswith(PICKLE_WEIGHTS)]
+        if pickled:
+            raise NeftError(f"{name_or_path!r} has only pickle weights ({pickled[0]}), which "
+                            "neft does not load (unpickling can run code): convert them once "
+                            "with save_pretrained(..., safe_serialization=True)")
+        raise NeftError(f"{name_or_path!r} has no model.safetensors: pass a directory written "
+                        "by save_pretrained")
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from the embedded name, a local directory or a hub id."""
+    """Model and tokenizer from the embedded name, a local directory or a hub id.
+
+    Weights are read from safetensors only (never pickle), and model code from the hub
+    runs only with ``trust_remote_code=True``.
+    """
+    local_only = False
     if is_embedded(name_or_path):
         source = ensure_embedded_model()
     else:
@@ -177,18 +234,51 @@ def load_model(
         if _looks_like_path(name_or_path) and not os.path.exists(source):
             raise NeftError(f"model path {name_or_path!r} does not exist: pass an existing "
                             f"model directory, a hub id, or {EMBEDDED_NAMES[0]!r}")
-        if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
-            raise NeftError(f"{name_or_path!r} has no config.json: pass a directory written "
-                            "by save_pretrained (or a merged neft model)")
+        if os.path.exists(source):
+            _check_local_model(name_or_path, source)
+        else:
+            local_only = not hub_reachable()  # then only the local Hugging Face cache
+            if local_only and not _in_hub_cache(name_or_path):
+                raise NeftError(f"model {name_or_path!r} is not a local folder and the Hugging "
+                                "Face Hub cannot be reached to download it: check the name (a "
+                                f"folder needs a path such as ./{name_or_path}), or pass a local "
+                                f"model directory or {EMBEDDED_NAMES[0]!r}")
+    options = {"trust_remote_code": bool(trust_remote_code), "local_files_only": local_only}
+    torch_dtype = _resolve_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NeftError(f"cannot load model {name_or_path!r} ({first_line}); pass a local "
-                        f"model directory or {EMBEDDED_NAMES[0]!r} when offline") from exc
+            source, dtype=torch_dtype, use_safetensors=True, **options)
+    except NeftError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise NeftError(f"model {name_or_path!r} needs its own Python code (auto_map) to "
+                            "load; neft runs such code only with --trust_remote_code true, "
+                            "so pass that only if you trust its source") from exc
+        if local_only:
+            raise NeftError(f"model {name_or_path!r} is not a local folder and the Hugging Face "
+                            "Hub cannot be reached to download it: check the name (a folder "
+                            f"needs a path such as ./{name_or_path}), or pass a local model "
+                            f"directory or {EMBEDDED_NAMES[0]!r}") from exc
+        hint = ("it may be truncated or corrupted: copy or save it again"
+                if isinstance(exc, SafetensorError) else
+                f"pass a local model directory or {EMBEDDED_NAMES[0]!r} when offline")
+        raise NeftError(f"cannot load model {name_or_path!r} ({_first_line(exc)}); "
+                        f"{hint}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    except NeftError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise NeftError(f"cannot load the tokenizer of {name_or_path!r} ({_first_line(exc)}); "
+                        "save the tokenizer beside the model (tokenizer.save_pretrained)"
+                        ) from exc
     ensure_pad_token(tokenizer)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -172,8 +172,8 @@ def find_neuron_groups(model: nn.Module, target_modules: Mapping[str, str] | Non
     if not groups:
         raise NeftError(f"no MLP neuron preset matches {type(model).__name__}; name the modules "
                         "and axes yourself, e.g. target_modules={'mlp.fc_in': 'rows', "
-                        "'mlp.fc_out': 'cols'} "
-                        "(CLI: --target_modules mlp.fc_in=rows,mlp.fc_out=cols)")
+                        "'mlp.fc_out': 'cols'} (CLI: neft select --target_modules "
+                        "mlp.fc_in=rows,mlp.fc_out=cols, then neft train --neurons FILE)")
     return groups
 
 
@@ -322,7 +322,16 @@ class NeuronSet:
 
     # -- checks -------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> NeuronSet:
-        """Check every module exists and is linear and every index is in range; fill shapes."""
+        """Check every module exists and is linear and every index is in range; fill shapes.
+
+        The fingerprint goes first: for a set made on another model it is the real problem,
+        whatever index or module happens to fail after it.
+        """
+        expected = self.metadata.get("base_fingerprint")
+        if expected and expected != model_fingerprint(model):
+            raise NeftError(f"neuron set was made for another base model (fingerprint {expected}, "
+                            f"this model {model_fingerprint(model)}); select neurons on this model "
+                            "or move the set with `neft select --transfer`")
         modules = dict(model.named_modules())
         for module, axes in self.indices.items():
             layer = modules.get(module)
@@ -344,10 +353,6 @@ class NeuronSet:
                 raise NeftError(f"neuron set was made for {module} of shape {list(known)}, this "
                                 f"model's is {list(shape)}: it belongs to another base model")
             self.shapes[module] = shape
-        expected = self.metadata.get("base_fingerprint")
-        if expected and expected != model_fingerprint(model):
-            raise NeftError(f"neuron set was made for another base model (fingerprint {expected}, "
-                            f"this model {model_fingerprint(model)}); select neurons on this model")
         return self
 
     # -- files --------------------------------------------------------------------------
@@ -370,13 +375,24 @@ class NeuronSet:
         for key, tensor in tensors.items():
             module, _, axis = key.rpartition("::")
             if axis in AXES:
+                if tensor.dtype.is_floating_point or tensor.dtype.is_complex or (
+                        tensor.dtype == torch.bool):
+                    raise NeftError(f"{path}: indices {key!r} are {tensor.dtype}, not integers; "
+                                    "the file is damaged or not from neft: write it again")
                 indices.setdefault(module, {})[axis] = tensor
         if not indices:
             raise NeftError(f"{path} holds no neuron indices (expected tensors named "
                             "'<module>::rows' or '<module>::cols'); is it a neft NeuronSet file?")
-        shapes = json.loads(meta.get("shapes", "{}"))
-        metadata = json.loads(meta.get("metadata", "{}"))
-        return cls(indices, {m: tuple(s) for m, s in shapes.items()}, metadata)
+        try:
+            shapes = json.loads(meta.get("shapes", "{}"))
+            metadata = json.loads(meta.get("metadata", "{}"))
+            shapes = {m: (int(s[0]), int(s[1])) for m, s in shapes.items()}
+        except (ValueError, TypeError, IndexError, AttributeError):
+            raise NeftError(f"{path}: its header metadata is damaged (shapes/metadata are not "
+                            "the JSON neft writes); write the file again") from None
+        if not isinstance(metadata, dict):
+            raise NeftError(f"{path}: its header metadata is damaged; write the file again")
+        return cls(indices, shapes, metadata)
 
     def summary(self) -> dict[str, int]:
         """Neurons per module kind (last path component and axis), e.g. {'up_proj.rows': 12}."""
@@ -389,27 +405,55 @@ class NeuronSet:
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load all tensors and the header metadata; a clear error for missing or corrupt files."""
+    if os.path.isdir(path):
+        raise NeftError(f"{path} is a folder; pass the .safetensors file itself")
     if not os.path.isfile(path):
         raise NeftError(f"{path}: no such file")
-    try:
+    try:  # safetensors never runs code, whatever the file holds
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:  # safetensors raises several types for bad files
-        raise NeftError(f"{path} is not a readable safetensors file ({exc}); it may be "
+        not_safetensors = pickled_file_kind(path)
+        if not_safetensors:
+            raise NeftError(f"{path} is {not_safetensors}, not safetensors; neft never "
+                            "unpickles files (that can run code): write it with safetensors "
+                            "instead") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NeftError(f"{path} is not a readable safetensors file ({reason}); it may be "
                         "truncated or corrupted: write it again") from exc
     return tensors, meta
+
+
+def pickled_file_kind(path: str | os.PathLike) -> str | None:
+    """'a pickle file' / 'a torch.save (zip + pickle) file' from the first bytes, else None,
+    for a file safetensors could not read: it is refused by name, not called corrupted."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle file"
+    if head[:4] == b"PK\x03\x04":
+        return "a torch.save (zip + pickle) file"
+    return None
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> None:
     """safetensors.save_file to a temporary name in the same folder, then rename."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise NeftError(f"{path} is a folder; give a file name such as "
+                        f"{os.path.join(path, 'neurons.safetensors')}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
+    except SafetensorError as exc:  # e.g. an unwritable folder or a full disk
+        raise NeftError(f"cannot write {path} ({str(exc).strip().splitlines()[0]}); check "
+                        "that its folder is writable and has space") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

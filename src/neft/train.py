@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,14 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .data import DataCollator, build_dataset, format_length_stats, length_stats, load_records
+from .data import (
+    FILE_FORMATS,
+    DataCollator,
+    build_dataset,
+    format_length_stats,
+    length_stats,
+    load_records,
+)
 from .errors import NeftError
 from .model import NeftConfig, NeftModel, get_neft_model
 from .models import load_model
@@ -109,9 +118,75 @@ class TrainConfig:
                             "train/dev files, or a dataset name); `neft data gettext` makes one")
         if self.bf16 not in ("auto", "true", "false", True, False):
             raise NeftError(f"bf16 must be auto, true or false, not {self.bf16!r}")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Values that cannot work fail here, in one line, before a model is loaded or a
+        folder is made (Trainer and torch would fail later, with a traceback)."""
+        from transformers import SchedulerType
+
+        from .data import TASKS, TEMPLATES, language_name
+        from .model import MODES
+        from .select import SCORERS
+
+        choices = {"task": TASKS, "template": TEMPLATES, "neft_mode": MODES,
+                   "scorer": tuple(SCORERS),
+                   "lr_scheduler_type": tuple(t.value for t in SchedulerType)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "
+                                f"{', '.join(allowed)}")
+        if not self.output_dir:
+            raise NeftError("output_dir is empty; pass --output_dir FOLDER")
+        at_least = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+                    "gradient_accumulation_steps": 1, "logging_steps": 1, "eval_steps": 1,
+                    "save_steps": 1, "save_total_limit": 1, "max_train_samples": 1,
+                    "max_eval_samples": 1, "max_length": 2, "lora_r": 1, "lora_alpha": 1,
+                    "num_neurons": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise NeftError(f"{name} must be at least {low}, not {value}")
+        for name in ("learning_rate", "warmup_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise NeftError(f"{name} must not be negative, not {getattr(self, name)} "
+                                f"(the default is {_DEFAULTS[name]})")
+        if not 0 <= self.lora_dropout < 1:
+            raise NeftError(f"lora_dropout must be in [0, 1), not {self.lora_dropout}")
+        if self.max_steps == 0:
+            raise NeftError("max_steps 0 trains nothing: pass a number of optimizer steps, or "
+                            "-1 to train for num_train_epochs")
+        if self.max_steps < 0 and self.num_train_epochs <= 0:
+            raise NeftError(f"num_train_epochs must be positive, not {self.num_train_epochs} "
+                            "(or pass --max_steps N)")
+        if self.percent is not None and not 0 < self.percent <= 100:
+            raise NeftError(f"percent must be in (0, 100], not {self.percent}")
+        if self.num_neurons is not None and self.percent is not None:
+            raise NeftError("give one budget, num_neurons or percent, not both "
+                            "(match_lora is used when neither is given)")
+        if (self.num_neurons is None and self.percent is None and self.match_lora is not None
+                and self.match_lora < 1):
+            raise NeftError(f"match_lora must be at least 1, not {self.match_lora} "
+                            "(or give num_neurons or percent)")
+        if self.neurons and self.method != "neft":
+            raise NeftError(f"neurons is used by method neft only, and method is "
+                            f"{self.method}: drop --neurons or pass --method neft")
+        for lang in (self.source_lang, self.target_lang):
+            if lang:
+                language_name(lang)
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        loggers = ("none", "all", *INTEGRATION_TO_CALLBACK)
+        for name in str(self.report_to).split(","):
+            if name.strip() not in loggers:
+                raise NeftError(f"report_to {name.strip()!r} is not known; use none or a "
+                                f"comma-separated list of {', '.join(INTEGRATION_TO_CALLBACK)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 # ----------------------------------------------------------------------------- output dir
@@ -123,27 +198,37 @@ def _is_main_process() -> bool:
 
 def prepare_output_dir(config: TrainConfig) -> bool:
     """Refuse to mix runs: an output_dir holding another run needs --overwrite, and
-    --resume needs the same options. Returns True when a checkpoint is resumed."""
+    --resume needs the same options. Returns True when a checkpoint is resumed.
+
+    Nothing is deleted here: --overwrite replaces the old run only once the new one has
+    passed every check (see ``_claim_output_dir``), and never a folder that holds no neft
+    run, which may be anyone's files.
+    """
     path = config.output_dir
     if not _is_main_process():
         # Rank 0 checks and may already have written this run's files; a failure there
         # ends every rank (torchrun), so the others only need to know whether to resume.
         return config.resume and os.path.isdir(path) and any(
             name.startswith("checkpoint-") for name in os.listdir(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NeftError(f"output_dir {path} is a file; pass a folder (new or empty) for the run")
     run_file = os.path.join(path, RUN_FILE)
     occupied = os.path.isdir(path) and bool(os.listdir(path))
-    if occupied and config.overwrite and not config.resume:
-        shutil.rmtree(path)
-        return False
     if not occupied:
         if config.resume:
             raise NeftError(f"--resume: {path} holds no run to resume; drop --resume")
         return False
     if not os.path.isfile(run_file):
         raise NeftError(f"output_dir {path} is not empty and holds no neft run; choose another "
-                        "--output_dir or pass --overwrite to replace its contents")
-    with open(run_file) as handle:
-        previous = json.load(handle)
+                        "--output_dir (--overwrite replaces neft runs only, not other files)")
+    if config.overwrite and not config.resume:
+        return False
+    try:
+        with open(run_file) as handle:
+            previous = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise NeftError(f"{run_file} is damaged, so the run cannot be checked or resumed; "
+                        "pass --overwrite to start it again") from None
     if not config.resume:
         raise NeftError(f"output_dir {path} already holds a run; pass --resume to continue it "
                         "or --overwrite to replace it")
@@ -154,6 +239,42 @@ def prepare_output_dir(config: TrainConfig) -> bool:
                         f"({previous.get(changed[0])!r} vs {current[changed[0]]!r}); resume "
                         "with the same options or use --overwrite")
     return any(name.startswith("checkpoint-") for name in os.listdir(path))
+
+
+def _claim_output_dir(config: TrainConfig, resume: bool) -> bool:
+    """Make output_dir this run's, removing an old run under --overwrite; called once every
+    check has passed. Returns True when the folder is new (so it can go on failure)."""
+    path = config.output_dir
+    if config.overwrite and not config.resume and os.path.isfile(os.path.join(path, RUN_FILE)):
+        shutil.rmtree(path)
+    fresh = not resume and not (os.path.isdir(path) and os.listdir(path))
+    os.makedirs(path, exist_ok=True)
+    return fresh
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint-N. Trainer writes trainer_state.json last, so a run
+    killed while checkpointing leaves a folder without it: that one is removed, not loaded."""
+    found = []
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    for _, folder in sorted(found, reverse=True):
+        if os.path.isfile(os.path.join(folder, "trainer_state.json")):
+            return folder
+        if _is_main_process():
+            print(f"neft train: {folder} is incomplete (killed while saving); removing it",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(folder)
+    return None
+
+
+def _discard_run(path: str) -> None:
+    """A run that failed before its first checkpoint leaves nothing to resume: remove it, so
+    that the next try needs neither --resume nor --overwrite."""
+    if os.path.isdir(path) and not any(n.startswith("checkpoint-") for n in os.listdir(path)):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -181,7 +302,8 @@ def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> 
     if config.method == "neft" and config.neurons:
         return NeuronSet.load(config.neurons)
     scorer = "random" if config.method == "random" else config.scorer
-    data = list(dataset) if scorer in NEEDS_DATA else None
+    # reversed has no --reference here, so it runs a probe on the training data
+    data = list(dataset) if scorer in NEEDS_DATA or scorer == "reversed" else None
     return select_neurons(model, scorer=scorer, data=data, seed=config.seed, **_budget(config))
 
 
@@ -200,7 +322,13 @@ def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Mod
                           lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
                           target_modules=targets if targets == "all-linear"
                           else [t.strip() for t in targets.split(",")])
-        return get_peft_model(model, lora)
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as exc:  # e.g. target modules the model does not have
+            text = str(exc).strip()
+            raise NeftError(f"LoRA cannot be applied: {text.splitlines()[0] if text else exc!r}"
+                            "; name lora_target_modules as in model.named_modules() (e.g. "
+                            "q_proj,v_proj) or use all-linear") from exc
     trainable = None
     if config.method == "ft-inout":
         trainable = {g.module for g in find_neuron_groups(model)}
@@ -288,37 +416,42 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
     if has_eval and save_steps % eval_steps:
         raise NeftError(f"save_steps ({save_steps}) must be a multiple of eval_steps "
                         f"({eval_steps}) to keep the best checkpoint by dev loss")
-    return TrainingArguments(
-        output_dir=config.output_dir,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_steps=config.max_steps,
-        num_train_epochs=config.num_train_epochs,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        greater_is_better=False if has_eval else None,
-        bf16=_use_bf16(config.bf16),
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        report_to=[] if config.report_to == "none" else config.report_to.split(","),
-        remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False,
-    )
+    try:
+        return TrainingArguments(
+            output_dir=config.output_dir,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type=config.lr_scheduler_type,
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            per_device_eval_batch_size=config.per_device_eval_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            max_steps=config.max_steps,
+            num_train_epochs=config.num_train_epochs,
+            seed=config.seed,
+            data_seed=config.seed,
+            logging_steps=config.logging_steps,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=eval_steps if has_eval else None,
+            save_strategy="steps",
+            save_steps=save_steps,
+            save_total_limit=config.save_total_limit,
+            load_best_model_at_end=has_eval,
+            metric_for_best_model="eval_loss" if has_eval else None,
+            greater_is_better=False if has_eval else None,
+            bf16=_use_bf16(config.bf16),
+            activation_checkpointing=config.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            report_to=[] if config.report_to == "none" else config.report_to.split(","),
+            remove_unused_columns=False,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=False,
+        )
+    except ValueError as exc:  # a combination Trainer refuses (e.g. bf16 without support)
+        text = str(exc).strip()
+        raise NeftError(f"Trainer refuses these options: "
+                        f"{text.splitlines()[0] if text else exc!r}") from exc
 
 
 def plot_losses(log_history: list[dict[str, Any]], path: str, title: str) -> None:
@@ -336,7 +469,8 @@ def plot_losses(log_history: list[dict[str, Any]], path: str, title: str) -> Non
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (target tokens)")
     ax.set_title(title)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run too short to log has no curve
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = f"{path}.tmp-{os.getpid()}.png"
@@ -356,28 +490,57 @@ def _field_map(config: TrainConfig) -> dict[str, str]:
 
 def load_split(config: TrainConfig, source: str, split: str | None, limit: int | None,
                tokenizer: Any) -> Any:
-    records = load_records(source, split=split, field_map=_field_map(config), limit=limit,
-                           task=config.task)
+    return _build(config, _records(config, source, split, limit), tokenizer)
+
+
+def _records(config: TrainConfig, source: str, split: str | None,
+             limit: int | None) -> list[dict]:
+    return load_records(source, split=split, field_map=_field_map(config), limit=limit,
+                        task=config.task)
+
+
+def _build(config: TrainConfig, records: list[dict], tokenizer: Any) -> Any:
     return build_dataset(records, tokenizer, config.task, max_length=config.max_length,
                          template=config.template, src_lang=config.source_lang,
                          tgt_lang=config.target_lang)
 
 
+def _eval_source(config: TrainConfig) -> str | None:
+    """--eval_file, else the training folder's dev split when it has one. A folder without
+    it trains without evaluation (said so) rather than failing on a split nobody asked for."""
+    if config.eval_file:
+        return config.eval_file
+    folder = os.path.expanduser(config.train_file)
+    if not os.path.isdir(folder) or not config.eval_split:
+        return None
+    if any(os.path.isfile(os.path.join(folder, config.eval_split + ext)) for ext in FILE_FORMATS):
+        return config.train_file
+    print(f"neft train: {config.train_file} has no {config.eval_split} split; training without "
+          "evaluation (pass --eval_file to evaluate)", file=sys.stderr, flush=True)
+    return None
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one training job; returns the summary also written to neft_run.json."""
+    """Run one training job; returns the summary also written to neft_run.json.
+
+    Every check that can fail (data files, step settings, model, neurons) runs before the
+    output folder is touched, so bad input leaves no half-made run behind.
+    """
     resume = prepare_output_dir(config)
     set_seed(config.seed)
     start = time.perf_counter()
+    train_records = _records(config, config.train_file, config.train_split,
+                             config.max_train_samples)
+    eval_source = _eval_source(config)
+    eval_records = (_records(config, eval_source, config.eval_split, config.max_eval_samples)
+                    if eval_source else None)
+    args = training_arguments(config, eval_records is not None)
     model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
-    train_data = load_split(config, config.train_file, config.train_split,
-                            config.max_train_samples, tokenizer)
+    train_data = _build(config, train_records, tokenizer)
     print("train data: " + format_length_stats(length_stats(train_data)), flush=True)
     eval_data = None
-    eval_source = config.eval_file or (config.train_file if os.path.isdir(config.train_file)
-                                       else None)
-    if eval_source:
-        eval_data = load_split(config, eval_source, config.eval_split, config.max_eval_samples,
-                               tokenizer)
+    if eval_records is not None:
+        eval_data = _build(config, eval_records, tokenizer)
         print("dev data: " + format_length_stats(length_stats(eval_data)), flush=True)
     total_params = count_parameters(model)
     model = prepare_model(model, config, train_data)
@@ -385,16 +548,25 @@ def train(config: TrainConfig) -> dict[str, Any]:
     print(f"method {config.method}: {trainable:,} trainable parameters "
           f"({100 * trainable / total_params:.3f}% of {total_params:,})", flush=True)
 
+    fresh = False
     if _is_main_process():
-        os.makedirs(config.output_dir, exist_ok=True)
+        fresh = _claim_output_dir(config, resume)
         _write_json(os.path.join(config.output_dir, RUN_FILE), config.to_dict())
+    checkpoint = last_checkpoint(config.output_dir) if resume else None
+    if config.resume and checkpoint is None:
+        print(f"neft train: no complete checkpoint in {config.output_dir}; starting at step 0",
+              file=sys.stderr, flush=True)
     stopper = StopOnSignal()
-    trainer = NeftTrainer(model=model, args=training_arguments(config, eval_data is not None),
-                          train_dataset=train_data, eval_dataset=eval_data,
-                          data_collator=DataCollator(tokenizer.pad_token_id),
-                          processing_class=tokenizer, callbacks=[stopper])
     try:
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        trainer = NeftTrainer(model=model, args=args, train_dataset=train_data,
+                              eval_dataset=eval_data,
+                              data_collator=DataCollator(tokenizer.pad_token_id),
+                              processing_class=tokenizer, callbacks=[stopper])
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException:
+        if fresh:
+            _discard_run(config.output_dir)
+        raise
     finally:
         stopper.restore()
     interrupted = stopper.received is not None
@@ -422,6 +594,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     f"{config.method} on {os.path.basename(config.train_file.rstrip('/'))}")
         _write_json(os.path.join(config.output_dir, RUN_FILE), {**config.to_dict(),
                                                                  "result": summary})
+    if interrupted:
+        print(f"neft train: stopped at step {trainer.state.global_step}; its checkpoint is in "
+              f"{config.output_dir}: rerun with --resume (same options) to continue",
+              file=sys.stderr, flush=True)
     return summary
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from ..data import GETTEXT_LOCALE_DIR, harvest_gettext, placeholders, write_jsonl
+from ..errors import NeftError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,13 +25,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gettext.add_argument("--test_size", type=int, default=1000)
     gettext.add_argument("--min_words", type=int, default=4, help="fewest words in a source")
     gettext.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    gettext.add_argument("--overwrite", action="store_true",
+                         help="replace split files in output_dir that hold other records")
     parser.set_defaults(func=run)
+
+
+def check_output(output_dir: str, splits: dict[str, list[dict]], overwrite: bool) -> None:
+    """Refuse, before writing any, to replace split files holding other records (the
+    user's own data, or another language's): rerunning the same harvest is harmless."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NeftError(f"output_dir {output_dir} is a file; pass a folder")
+    if overwrite:
+        return
+    for split, records in splits.items():
+        path = os.path.join(output_dir, f"{split}.jsonl")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            same = handle.read() == "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                             for r in records)
+        if not same:
+            raise NeftError(f"{path} already exists with other records; pass --overwrite to "
+                            "replace it or choose another --output_dir")
 
 
 def run(args: argparse.Namespace) -> int:
     splits = harvest_gettext(args.target, locale_dir=args.locale_dir, min_words=args.min_words,
                              seed=args.seed, dev_size=args.dev_size, test_size=args.test_size)
     output_dir = args.output_dir or os.path.join("data", f"gettext-en-{args.target}")
+    check_output(output_dir, splits, args.overwrite)
     for split, records in splits.items():
         write_jsonl(os.path.join(output_dir, f"{split}.jsonl"), records)
     total = sum(len(records) for records in splits.values())

@@ -27,9 +27,10 @@ from ..select.datadriven import GRADIENT_DEFAULTS, PROBE_DEFAULTS
 def _target_modules(text: str) -> dict[str, str]:
     """'mlp.fc_in=rows,mlp.fc_out=cols' -> {'mlp.fc_in': 'rows', 'mlp.fc_out': 'cols'}."""
     pairs = [item.partition("=") for item in text.split(",") if item]
-    if any(not sep for _, sep, _ in pairs):
-        raise NeftError(f"--target_modules {text!r}: write module=axis pairs, e.g. "
-                        "mlp.fc_in=rows,mlp.fc_out=cols")
+    if not pairs or any(not sep for _, sep, _ in pairs):
+        # ArgumentTypeError, so that argparse shows this message, not "invalid value".
+        raise argparse.ArgumentTypeError(f"{text!r}: write module=axis pairs, e.g. "
+                                         "mlp.fc_in=rows,mlp.fc_out=cols")
     return {module: axis for module, _, axis in pairs}
 
 

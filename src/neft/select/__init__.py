@@ -220,8 +220,18 @@ def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: boo
             f.endswith(".safetensors") for f in os.listdir(folder)):
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        try:  # the hub's model code never runs here (no flag to allow it in select)
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+                raise NeftError(f"model {model} needs its own Python code (auto_map) to load; "
+                                "neft select never runs such code") from exc
+            text = str(exc).strip()
+            raise NeftError(f"cannot read the model config in {model} "
+                            f"({text.splitlines()[0] if text else type(exc).__name__}); pass a "
+                            "folder written by save_pretrained") from exc
         return skeleton, folder, tokenizer
     loaded, loaded_tokenizer = load_model(model)
     return loaded, loaded, tokenizer or loaded_tokenizer

@@ -81,7 +81,8 @@ def resolve_budget(groups: list[NeuronGroup], total_parameters: int, *,
                         f"params or match_lora (got {', '.join(given) or 'none'})")
     (kind, value), = given.items()
     if value <= 0:
-        raise NeftError(f"budget {kind}={value} must be positive")
+        raise NeftError(f"budget {kind}={value} must be positive: give the number of "
+                        "neurons, percent, parameters or LoRA rank to train (above 0)")
     sizes = torch.tensor([g.neuron_params for g in groups], dtype=torch.float64)
     counts = torch.tensor([g.count for g in groups], dtype=torch.float64)
     exact = bool((sizes == sizes[0]).all())

@@ -51,7 +51,8 @@ class Checkpoint:
                 with safe_open(str(file), framework="pt") as handle:
                     names.update(dict.fromkeys(handle.keys(), file))
             except Exception as exc:  # safetensors raises several types for bad files
-                raise NeftError(f"{file} is not a readable safetensors file ({exc})") from exc
+                raise NeftError(f"{file} is not a readable safetensors file ({exc}); it may be "
+                                "truncated or corrupted: copy or save it again") from exc
         return names
 
     def key_for(self, module: str) -> str:
