@@ -1,0 +1,414 @@
+"""The comparison grid as data: `CompareConfig` (the YAML), its cells, and the runs.
+
+A *cell* is one method at one budget (``{method: neft, match_lora: 8}``); a *run* is one
+cell at one seed, or one short learning-rate sweep run. Every run has a *spec*: the
+settings that decide its result. The spec is stored with the result, so a changed
+config is never answered with an old result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import from_dict
+from ..errors import NeftError
+from ..train import METHODS, TrainConfig
+
+# TrainConfig options that compare sets itself, with where the user gives them instead.
+OWNED_TRAIN = {
+    "model": "the top-level model:", "train_file": "the top-level data:",
+    "eval_file": "the top-level data:", "train_split": "the top-level train_split:",
+    "eval_split": "the top-level dev_split:", "output_dir": "the top-level output_dir:",
+    "task": "the top-level task:", "template": "the top-level template:",
+    "source_lang": "the top-level source_lang:", "target_lang": "the top-level target_lang:",
+    "source_field": "the top-level source_field:", "target_field": "the top-level target_field:",
+    "max_train_samples": "the top-level max_train_samples:",
+    "max_eval_samples": "the top-level max_dev_samples:", "seed": "the top-level seeds: list",
+    "resume": "nothing (compare resumes by itself)",
+    "overwrite": "nothing (compare never reuses a changed run)",
+}
+# EvalConfig options a comparison may set in its eval: section.
+EVAL_KEYS = ("batch_size", "max_new_tokens", "no_repeat_ngram_size", "stop_at_newline",
+             "metrics", "comet_model", "dtype")
+SWEEP_KEYS = ("values", "steps", "per")
+CELL_EXTRA_KEYS = ("name", "seeds")
+# Options that change no result: left out of a run's spec.
+NOT_IN_SPEC = ("output_dir", "resume", "overwrite", "logging_steps", "report_to",
+               "save_total_limit")
+DEFAULT_METRICS = {"translation": "bleu,chrf", "summarization": "rouge"}
+
+
+def _opt(help_text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class CompareConfig:
+    """Every option of `neft compare` (YAML keys; the scalar ones are also flags)."""
+
+    output_dir: str = _opt("where runs, the table, JSON and plot go", "outputs/compare")
+    model: str = _opt("model name or path; smollm2-135m is the embedded default",
+                      "smollm2-135m")
+    data: str | None = _opt("task data: a folder of train/dev/test files or a hub dataset")
+    task: str = _opt("translation, summarization, instruction or completion", "translation")
+    template: str = _opt("prompt template: auto, chat, plain or llama2", "auto")
+    source_lang: str | None = _opt("source language code (else each record's src_lang)")
+    target_lang: str | None = _opt("target language code (else each record's tgt_lang)")
+    source_field: str | None = _opt("record field holding the source text")
+    target_field: str | None = _opt("record field holding the target text")
+    train_split: str = _opt("split to train on", "train")
+    dev_split: str = _opt("split for dev loss: best checkpoint and the lr sweep", "dev")
+    test_split: str = _opt("split that is scored (never used to choose anything)", "test")
+    max_train_samples: int | None = _opt("train on the first N training records")
+    max_dev_samples: int | None = _opt("use the first N dev records", 200)
+    max_test_samples: int | None = _opt("score the first N test records")
+    seeds: list | None = _opt("seeds every cell runs with (a cell may give its own seeds:)")
+    train: dict | None = _opt("`neft train` options shared by every run (YAML only)")
+    eval: dict | None = _opt(f"generation and scoring options: {', '.join(EVAL_KEYS)} "
+                             "(YAML only)")
+    lr_sweep: dict | None = _opt("values: [lr, ...] or {method: [lr, ...]}, steps: N, per: "
+                                 "cell|method; lowest dev loss wins (YAML only)")
+    methods: list | None = _opt("the cells: a list of `neft train` options such as "
+                                "{method: neft, match_lora: 8} (YAML only)")
+    include_base: bool = _opt("also score the untrained model (no training, one run)", False)
+    plot_metric: str | None = _opt("score on the plot's y axis (default: every table metric)")
+    isolate: bool = _opt("run each run in its own process (own peak memory; a crash "
+                         "stops only that run)", True)
+    keep_checkpoints: bool = _opt("keep Trainer checkpoints of finished runs (large)", False)
+    recompute_changed: bool = _opt("recompute finished runs whose settings changed (else "
+                                   "that is an error)", False)
+    dry_run: bool = _opt("print the plan and which runs are done, run nothing", False)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise NeftError("no data: give data: (a folder with train/dev/test files or a "
+                            "hub dataset) in the compare YAML")
+        if not self.methods:
+            raise NeftError("no methods: give a methods: list in the compare YAML, e.g. "
+                            "[{method: neft, match_lora: 8}, {method: lora, lora_r: 8}]")
+        if not isinstance(self.methods, list):
+            raise NeftError("methods: must be a list of mappings such as {method: lora, "
+                            "lora_r: 8}")
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Sweep:
+    """The lr sweep that picks one or more cells' learning rate."""
+
+    cell: str  # the cell it runs on
+    values: list[float]
+    steps: int
+    seed: int
+
+
+@dataclass
+class Cell:
+    name: str
+    method: str
+    train: dict[str, Any]  # TrainConfig values, without seed and (when swept) learning_rate
+    seeds: list[int]
+    budget: str  # for the table: "= LoRA r8", "3%", "r8", "all"
+    lr_source: str  # "sweep", "given" or "default"
+    sweep: Sweep | None = None
+
+
+@dataclass
+class Run:
+    """One process's work: a cell at one seed, one sweep value, or the base model."""
+
+    kind: str  # cell, sweep or base
+    cell: str
+    folder: str  # relative to output_dir
+    spec: dict[str, Any]
+    seed: int | None = None
+    learning_rate: float | None = None  # sweep runs: the value; cells: set from the sweep
+
+
+@dataclass
+class Plan:
+    config: CompareConfig
+    data: str  # absolute when local: runs work inside the grid folder
+    model: str
+    cells: list[Cell]
+    sweeps: dict[str, list[Run]]  # swept cell -> its runs, in value order
+    runs: list[Run]  # cells (and base), in the order they run
+    eval: dict[str, Any]
+    metrics: list[str]  # score names in the table
+
+    def cell(self, name: str) -> Cell:
+        return next(c for c in self.cells if c.name == name)
+
+    def all_runs(self) -> list[Run]:
+        return [r for runs in self.sweeps.values() for r in runs] + self.runs
+
+
+def canonical(data: Any) -> Any:
+    """JSON round trip: tuples become lists, so stored and new specs compare equal."""
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+def first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """'train.max_steps: 60 -> 100' for the first setting that differs, else None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path
+                                     else key)
+            if found:
+                return found
+        return None
+    return None if old == new else f"{path}: {old!r} -> {new!r}"
+
+
+def _ints(values: Any, where: str) -> list[int]:
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise NeftError(f"{where} must be a list of whole numbers, e.g. [1234, 1235]")
+    if len(set(values)) != len(values):
+        raise NeftError(f"{where} lists a seed twice: {values}")
+    return values
+
+
+def _floats(values: Any, where: str) -> list[float]:
+    if not isinstance(values, list) or not values:
+        raise NeftError(f"{where} must be a list of learning rates, e.g. [1e-4, 3e-4, 1e-3]")
+    try:
+        result = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise NeftError(f"{where} must hold numbers, not {values!r}") from None
+    if not all(math.isfinite(v) and v > 0 for v in result):
+        raise NeftError(f"{where}: learning rates must be positive numbers, not {values!r}")
+    if len(set(result)) != len(result):
+        raise NeftError(f"{where} lists a learning rate twice: {values!r}")
+    return result
+
+
+def _check_mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise NeftError(f"{where} must be a mapping of option: value")
+    return value
+
+
+def _unknown_key(key: str, names: list[str] | tuple[str, ...], where: str) -> NeftError:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}"
+    return NeftError(f"{where}: unknown option {key!r}; {hint}")
+
+
+def _check_keys(values: dict[str, Any], names: list[str] | tuple[str, ...], where: str) -> None:
+    for key in values:
+        if key not in names:
+            raise _unknown_key(key, names, where)
+
+
+def _check_train_keys(values: dict[str, Any], where: str, extra: tuple[str, ...] = ()) -> None:
+    """`neft train` option names (plus extra), refusing those compare sets itself."""
+    for key in values:
+        if key in OWNED_TRAIN:
+            raise NeftError(f"{where}: {key} is set by compare; use {OWNED_TRAIN[key]}")
+    _check_keys(values, [f.name for f in dataclasses.fields(TrainConfig)] + list(extra), where)
+
+
+def _budget(method: str, cell: dict[str, Any], train: dict[str, Any]) -> tuple[str, str]:
+    """(table label, name part) of a cell's budget, following train._budget's precedence."""
+    if method == "lora":
+        return f"r{train['lora_r']}", f"r{train['lora_r']}"
+    if method == "full":
+        return "all", ""
+    if method == "ft-inout":
+        return "all up/down", ""
+    if method == "neft" and train.get("neurons"):
+        stem = os.path.splitext(os.path.basename(str(train["neurons"])))[0]
+        return f"file {stem}", stem
+    if train.get("num_neurons") is not None:
+        return f"{train['num_neurons']:,} neurons", f"{train['num_neurons']}n"
+    if train.get("percent") is not None:
+        return f"{train['percent']:g}%", f"{train['percent']:g}pct"
+    if train.get("match_lora") is None:
+        raise NeftError(f"{method} cell {cell} has no budget: give match_lora, percent or "
+                        "num_neurons")
+    return f"= LoRA r{train['match_lora']}", f"lora{train['match_lora']}"
+
+
+def _cell_name(method: str, cell: dict[str, Any], budget_slug: str) -> str:
+    parts = [method]
+    if method == "neft" and "scorer" in cell:
+        parts.append(str(cell["scorer"]))
+    if budget_slug:
+        parts.append(budget_slug)
+    return "-".join(parts)
+
+
+def _spec_train(train: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train.items() if k not in NOT_IN_SPEC}
+
+
+def _abs_if_local(path: str) -> str:
+    expanded = os.path.expanduser(path)
+    return os.path.abspath(expanded) if os.path.exists(expanded) else path
+
+
+def build_plan(config: CompareConfig) -> Plan:
+    """Check every part of the config and lay out the runs; fails before any training."""
+    shared = _check_mapping(config.train, "train")
+    _check_train_keys(shared, "train")
+    if "method" in shared:
+        raise NeftError("train: method is given per cell, in the methods: list")
+    eval_options = _check_mapping(config.eval, "eval")
+    _check_keys(eval_options, EVAL_KEYS, "eval")
+    eval_options = {"metrics": DEFAULT_METRICS.get(config.task), **eval_options}
+    if eval_options.get("comet_model"):
+        eval_options["comet_model"] = _abs_if_local(str(eval_options["comet_model"]))
+    sweep = _check_mapping(config.lr_sweep, "lr_sweep")
+    _check_keys(sweep, SWEEP_KEYS, "lr_sweep")
+    per = sweep.get("per", "cell")
+    if per not in ("cell", "method"):
+        raise NeftError(f"lr_sweep.per must be cell or method, not {per!r}")
+    steps = sweep.get("steps", 30)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise NeftError(f"lr_sweep.steps must be a positive whole number, not {steps!r}")
+    if sweep and "learning_rate" in shared:
+        raise NeftError("train.learning_rate and lr_sweep are both given: drop one (a cell may "
+                        "fix its own learning_rate, which skips its sweep)")
+    seeds = _ints(config.seeds if config.seeds is not None else [1234], "seeds")
+
+    data, model = _abs_if_local(config.data), _abs_if_local(config.model)
+    common = {"model": model, "train_file": data, "eval_file": data,
+              "train_split": config.train_split, "eval_split": config.dev_split,
+              "task": config.task, "template": config.template,
+              "source_lang": config.source_lang, "target_lang": config.target_lang,
+              "source_field": config.source_field, "target_field": config.target_field,
+              "max_train_samples": config.max_train_samples,
+              "max_eval_samples": config.max_dev_samples}
+    cells: list[Cell] = []
+    for index, raw in enumerate(config.methods):
+        where = f"methods[{index}]"
+        if not isinstance(raw, dict) or "method" not in raw:
+            raise NeftError(f"{where} must be a mapping with a method:, e.g. {{method: lora, "
+                            "lora_r: 8}")
+        _check_train_keys(raw, where, CELL_EXTRA_KEYS)
+        own = {k: v for k, v in raw.items() if k not in CELL_EXTRA_KEYS}
+        if own.get("neurons"):
+            own["neurons"] = _abs_if_local(str(own["neurons"]))
+            if not os.path.isfile(own["neurons"]):
+                raise NeftError(f"{where}: neurons file {raw['neurons']} does not exist; make "
+                                "one with `neft select`, or drop neurons: to select on the fly")
+        try:
+            train = from_dict(TrainConfig, {**shared, **own, **common}).to_dict()
+        except NeftError as exc:
+            raise NeftError(f"{where}: {exc}") from None
+        method = train["method"]
+        label, slug = _budget(method, raw, train)
+        name = str(raw.get("name") or _cell_name(method, raw, slug))
+        if any(c.name == name for c in cells):
+            raise NeftError(f"{where}: a second cell named {name!r}; give one of them a name:")
+        if "/" in name or name.startswith("."):
+            raise NeftError(f"{where}: name {name!r} must not contain '/' or start with '.'")
+        given = "learning_rate" in raw or "learning_rate" in shared
+        source = "given" if given else ("sweep" if sweep else "default")  # default: 5e-4
+        cells.append(Cell(name, method, train, _ints(raw.get("seeds", seeds), f"{where}.seeds"),
+                          label, source))
+
+    swept_by_method: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.lr_source != "sweep":
+            continue
+        values = sweep.get("values")
+        if isinstance(values, dict):
+            unknown = [m for m in values if m not in METHODS]
+            if unknown:
+                raise NeftError(f"lr_sweep.values: {unknown[0]!r} is not a method; use "
+                                f"{', '.join(METHODS)}")
+            if cell.method not in values:
+                raise NeftError(f"lr_sweep.values has no learning rates for method "
+                                f"{cell.method} (cell {cell.name}): add {cell.method}: "
+                                "[...] or give the cell a learning_rate")
+            values = values[cell.method]
+        values = _floats(values, "lr_sweep.values")
+        owner = swept_by_method.get(cell.method) if per == "method" else None
+        if owner is None:
+            owner = cell
+            swept_by_method[cell.method] = cell
+        cell.sweep = Sweep(owner.name, values, steps, owner.seeds[0])
+        cell.train.pop("learning_rate")
+
+    plan_eval = {**eval_options, "split": config.test_split,
+                 "max_samples": config.max_test_samples}
+    test = {"data": data, **{k: plan_eval[k] for k in ("split", "max_samples")}}
+    sweeps: dict[str, list[Run]] = {}
+    for cell in cells:
+        if cell.sweep is None or cell.sweep.cell != cell.name:
+            continue
+        runs = []
+        for value in cell.sweep.values:
+            spec_train = _spec_train({**cell.train, "learning_rate": value,
+                                      "max_steps": steps, "eval_steps": steps,
+                                      "save_steps": steps, "seed": cell.sweep.seed})
+            runs.append(Run("sweep", cell.name, os.path.join("sweep", f"{cell.name}-lr{value:g}"),
+                            canonical({"kind": "sweep", "train": spec_train}),
+                            cell.sweep.seed, value))
+        sweeps[cell.name] = runs
+
+    runs: list[Run] = []
+    if config.include_base:
+        runs.append(Run("base", "base", os.path.join("cells", "base"),
+                        canonical({"kind": "base", "model": model,
+                                   "eval": eval_options, "test": test,
+                                   "prompt": {k: common[k] for k in
+                                              ("task", "template", "source_lang",
+                                               "target_lang", "source_field",
+                                               "target_field")}})))
+    longest = max(len(c.seeds) for c in cells)
+    for position in range(longest):  # every cell's first seed first: early results
+        for cell in cells:
+            if position >= len(cell.seeds):
+                continue
+            seed = cell.seeds[position]
+            lr: dict[str, Any] = {"source": cell.lr_source}
+            if cell.sweep is not None:
+                lr.update(swept_on=cell.sweep.cell, values=cell.sweep.values,
+                          steps=cell.sweep.steps, seed=cell.sweep.seed)
+            spec = {"kind": "cell", "train": _spec_train({**cell.train, "seed": seed}),
+                    "lr": lr, "eval": eval_options, "test": test}
+            runs.append(Run("cell", cell.name, os.path.join("cells", f"{cell.name}-s{seed}"),
+                            canonical(spec), seed,
+                            None if cell.sweep else cell.train["learning_rate"]))
+    metrics = score_names(eval_options.get("metrics"))
+    if config.plot_metric and config.plot_metric not in metrics:
+        raise NeftError(f"plot_metric {config.plot_metric!r} is not among the scores "
+                        f"({', '.join(metrics) or 'none'}); set eval.metrics to include it")
+    return Plan(config, data, model, cells, sweeps, runs, plan_eval, metrics)
+
+
+def score_names(metrics: str | None) -> list[str]:
+    """Score keys that `neft eval` reports for a metrics string."""
+    from ..metrics import parse_metrics
+
+    names = []
+    for metric in parse_metrics(metrics):
+        names += {"rouge": ["rouge1", "rouge2", "rougeL"],
+                  "placeholders": ["placeholder_survival"]}.get(metric, [metric])
+    return names
+
+
+def selection_key(train: dict[str, Any]) -> str:
+    """Hash of what neuron selection depends on: runs that share it share one NeuronSet."""
+    keys = ("model", "method", "scorer", "match_lora", "num_neurons", "percent",
+            "train_file", "train_split", "task", "template", "source_lang", "target_lang",
+            "source_field", "target_field", "max_train_samples", "max_length", "seed",
+            "lora_target_modules", "trust_remote_code")
+    text = json.dumps({k: train.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,280 @@
+"""The comparison's outputs: compare.md (table), compare.json, compare.png.
+
+One row per cell: its trainable parameters, learning rate (and how it was chosen), each
+score as mean ± sample standard deviation over seeds with the per-seed values, time and
+peak memory. The plot is quality against trainable parameters on a log axis, one marker
+per method, error bars across seeds: the shape of the paper's Table 7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import statistics
+from typing import Any
+
+from ..evaluate import write_json
+from .plan import Plan, Run
+from .worker import RESULT_FILE, read_json
+
+MARKDOWN_FILE = "compare.md"
+JSON_FILE = "compare.json"
+PLOT_FILE = "compare.png"
+NAMES = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+         "rougeL": "ROUGE-L", "placeholder_survival": "placeholders %", "comet": "COMET"}
+MARKERS = {"neft": "o", "lora": "s", "random": "v", "full": "*", "ft-inout": "D"}
+
+
+def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:
+    """A run's result.json, or None while the run is unfinished (or its file unreadable)."""
+    path = os.path.join(output_dir, run.folder, RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _current(plan: Plan, run: Run) -> dict[str, Any] | None:
+    result = load_result(plan.config.output_dir, run)
+    return result if result is not None and result.get("spec") == run.spec else None
+
+
+def format_lr(value: float | None) -> str:
+    """5e-4, 2.5e-4: the way learning rates are written in papers."""
+    if value is None:
+        return "-"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def format_count(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:.3g}{suffix}"
+    return str(value)
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def _sweep(plan: Plan, owner: str) -> dict[str, Any] | None:
+    results = [_current(plan, run) for run in plan.sweeps.get(owner, [])]
+    if not results or any(r is None for r in results):
+        return None
+    losses = {format_lr(r["learning_rate"]): r.get("dev_loss") for r in results}
+    finite = [r for r in results if r.get("dev_loss") is not None]
+    chosen = min(finite, key=lambda r: (r["dev_loss"], r["learning_rate"]))["learning_rate"] \
+        if finite else None
+    return {"swept_on": owner, "steps": plan.cell(owner).sweep.steps,
+            "seed": plan.cell(owner).sweep.seed, "dev_loss": losses, "chosen": chosen}
+
+
+def collect(plan: Plan) -> dict[str, Any]:
+    """Every cell's aggregate over its finished seeds, plus the sweeps and the runs."""
+    rows, runs = [], []
+    base = None
+    for run in plan.runs:
+        result = _current(plan, run)
+        if result is not None:
+            runs.append({"folder": run.folder, **{k: v for k, v in result.items()
+                                                  if k != "spec"}})
+        if run.kind == "base" and result is not None:
+            base = {"scores": result.get("scores", {}), "eval_seconds": result.get("eval_seconds"),
+                    "peak_memory_mb": result.get("peak_memory_mb")}
+    for cell in plan.cells:
+        cell_runs = [r for r in plan.runs if r.kind == "cell" and r.cell == cell.name]
+        done = {r.seed: res for r in cell_runs if (res := _current(plan, r)) is not None}
+        first = next(iter(done.values()), {})
+        scores = {}
+        for metric in plan.metrics:
+            per_seed = {seed: res["scores"].get(metric) for seed, res in done.items()
+                        if res.get("scores", {}).get(metric) is not None}
+            scores[metric] = {"per_seed": per_seed, **_stats(list(per_seed.values()))}
+        times = [(res.get("selection_seconds") or 0) + (res["train"].get("wall_seconds") or 0)
+                 + (res.get("eval_seconds") or 0) for res in done.values()]
+        total = first.get("total_parameters")
+        trainable = first.get("trainable_parameters")
+        series = cell.method
+        if cell.method == "neft":
+            series += " (file)" if cell.train.get("neurons") else f" ({cell.train['scorer']})"
+        rows.append({
+            "cell": cell.name, "method": cell.method, "series": series, "budget": cell.budget,
+            "trainable_parameters": trainable, "total_parameters": total,
+            "trainable_percent": 100 * trainable / total if trainable and total else None,
+            "learning_rate": first.get("learning_rate"), "lr_source": cell.lr_source,
+            "lr_sweep": _sweep(plan, cell.sweep.cell) if cell.sweep else None,
+            "seeds": cell.seeds, "seeds_done": sorted(done), "scores": scores,
+            "seconds_per_run": statistics.fmean(times) if times else None,
+            "selection_seconds": first.get("selection_seconds"),
+            "peak_memory_mb": max((r.get("peak_memory_mb") or 0 for r in done.values()),
+                                  default=None),
+            "memory_scope": first.get("memory_scope"),
+            "training": {str(seed): res.get("training") for seed, res in done.items()},
+        })
+    sweeps = {owner: _sweep(plan, owner) for owner in plan.sweeps}
+    return {"rows": rows, "base": base, "sweeps": sweeps, "runs": runs}
+
+
+def _score_text(entry: dict[str, Any]) -> str:
+    if not entry["n"]:
+        return "-"
+    text = f"{entry['mean']:.2f}"
+    if entry["n"] > 1:
+        seeds = ", ".join(f"{v:.2f}" for v in entry["per_seed"].values())
+        text += f" ± {entry['std']:.2f} ({seeds})"
+    return text
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
+    config, first = plan.config, plan.cells[0].train
+    limit = "all" if config.max_train_samples is None else f"first {config.max_train_samples:,}"
+    test = ("all" if config.max_test_samples is None
+            else f"the first {config.max_test_samples:,}")
+    scored = {r["test_samples"] for r in data["runs"] if r.get("test_samples")}
+    if len(scored) == 1:
+        test += f" ({scored.pop():,})"
+    accumulation = first["gradient_accumulation_steps"]
+    batch = first["per_device_train_batch_size"] * accumulation
+    langs = "->".join(x for x in (config.source_lang, config.target_lang) if x)
+    lines = [
+        f"- model `{config.model}`; task {config.task}{f' {langs}' if langs else ''}; data "
+        f"`{config.data}`",
+        f"- train split `{config.train_split}` ({limit} records); dev split "
+        f"`{config.dev_split}` (first {config.max_dev_samples} records) for dev loss: best "
+        f"checkpoint and the lr sweep; test split `{config.test_split}`: {test} records are "
+        "scored, and never used to choose anything",
+        f"- every run: {first['max_steps']} steps x batch {batch}, max_length "
+        f"{first['max_length']}, dev loss every {first['eval_steps']} steps; seeds "
+        f"{sorted({s for c in plan.cells for s in c.seeds})}",
+        f"- decoding: greedy, max_new_tokens {plan.eval.get('max_new_tokens', 256)}, "
+        f"no_repeat_ngram_size {plan.eval.get('no_repeat_ngram_size', 0)}",
+    ]
+    swept = [c for c in plan.cells if c.sweep]
+    if swept:
+        sweep = swept[0].sweep
+        per = "method" if any(c.sweep.cell != c.name for c in swept) else "cell"
+        lines.append(f"- learning rate: per {per}, a short run of {sweep.steps} steps at each "
+                     f"value (first seed), the value with the lowest dev loss is used for every "
+                     "seed")
+    return "\n".join(lines)
+
+
+def markdown(plan: Plan, data: dict[str, Any]) -> str:
+    metrics = plan.metrics
+    header = ["cell", "method", "budget", "trainable params", "lr", "seeds",
+              *[NAMES.get(m, m) for m in metrics], "time / run", "peak memory"]
+    lines = [f"# neft compare: {plan.config.task} on "
+             f"{os.path.basename(str(plan.config.data).rstrip('/'))}", "",
+             _settings_text(plan, data), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if data["base"]:
+        scores = data["base"]["scores"]
+        values = [f"{scores[m]:.2f}" if scores.get(m) is not None else "-" for m in metrics]
+        lines.append("| base | - | - | 0 | - | - | " + " | ".join(values)
+                     + f" | {_duration(data['base']['eval_seconds'])} | "
+                     f"{data['base']['peak_memory_mb'] or 0:,.0f} MB |")
+    for row in data["rows"]:
+        params = format_count(row["trainable_parameters"])
+        if row["trainable_percent"] is not None:
+            params += f" ({row['trainable_percent']:.3g}%)"
+        lr = format_lr(row["learning_rate"])
+        if row["learning_rate"] is not None:
+            lr += f" ({row['lr_source']})"
+        seeds = f"{len(row['seeds_done'])}/{len(row['seeds'])}"
+        memory = f"{row['peak_memory_mb']:,.0f} MB" if row["peak_memory_mb"] else "-"
+        lines.append("| " + " | ".join([row["cell"], row["method"], row["budget"], params, lr,
+                                        seeds, *[_score_text(row["scores"][m]) for m in metrics],
+                                        _duration(row["seconds_per_run"]), memory]) + " |")
+    scope = next((r["memory_scope"] for r in data["rows"] if r["memory_scope"]), None)
+    lines += ["", "Scores: mean ± sample standard deviation over seeds, per-seed values in "
+              "brackets. Time / run: neuron selection + training + test generation, mean over "
+              f"seeds. Peak memory: {scope or 'per run'}, max over seeds (it includes NeFT's "
+              "neuron selection in the run that made it)."]
+    sweeps = {k: v for k, v in data["sweeps"].items() if v}
+    if sweeps:
+        lines += ["", "## Learning-rate sweep (dev loss)", "", "| swept on | used by | dev loss "
+                  "per lr | chosen |", "|---|---|---|---|"]
+        for owner, sweep in sweeps.items():
+            users = ", ".join(c.name for c in plan.cells if c.sweep and c.sweep.cell == owner)
+            losses = " · ".join(f"{lr}: {loss:.4f}" if loss is not None else f"{lr}: diverged"
+                                for lr, loss in sweep["dev_loss"].items())
+            lines.append(f"| {owner} | {users} | {losses} | {format_lr(sweep['chosen'])} |")
+    lines += ["", f"![quality against trainable parameters]({PLOT_FILE})", ""]
+    return "\n".join(lines)
+
+
+def plot(plan: Plan, data: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [plan.config.plot_metric] if plan.config.plot_metric else plan.metrics[:3]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(5.5 * max(len(metrics), 1), 4.2),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=False):
+        for series in dict.fromkeys(r["series"] for r in data["rows"]):
+            method = series.split(" ")[0]
+            points = sorted(((r["trainable_parameters"], r["scores"][metric], r["budget"])
+                             for r in data["rows"] if r["series"] == series
+                             and r["scores"][metric]["n"] and r["trainable_parameters"]),
+                            key=lambda p: p[0])
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            ys = [p[1]["mean"] for p in points]
+            errors = [p[1]["std"] or 0.0 for p in points]
+            ax.errorbar(xs, ys, yerr=errors, marker=MARKERS.get(method, "o"), capsize=3,
+                        markersize=8 if method == "full" else 6, label=series)
+            for x, y, (_, _, budget) in zip(xs, ys, points, strict=True):
+                ax.annotate(budget, (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, alpha=0.7)
+        if data["base"] and data["base"]["scores"].get(metric) is not None:
+            ax.axhline(data["base"]["scores"][metric], color="gray", linestyle="--",
+                       label="base model")
+        ax.set_xscale("log")
+        ax.set(xlabel="trainable parameters", ylabel=NAMES.get(metric, metric),
+               title=NAMES.get(metric, metric))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{plan.config.task}: {os.path.basename(str(plan.config.data).rstrip('/'))} "
+                 "(error bars: std over seeds)", fontsize=10)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(plan: Plan) -> str:
+    """Write compare.md, compare.json and compare.png from the finished runs; returns the
+    markdown path. Called after every run, so a stopped grid still has its table."""
+    output_dir = plan.config.output_dir
+    data = collect(plan)
+    text = markdown(plan, data)
+    path = os.path.join(output_dir, MARKDOWN_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    write_json(os.path.join(output_dir, JSON_FILE), {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(plan.config), "metrics": plan.metrics,
+        "cells": data["rows"], "base": data["base"], "lr_sweeps": data["sweeps"],
+        "runs": data["runs"]})
+    plot(plan, data, os.path.join(output_dir, PLOT_FILE))
+    return path

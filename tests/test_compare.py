@@ -1,0 +1,191 @@
+"""`neft compare` on a tiny model: a grid with an lr sweep finishes and reports; reruns
+recompute nothing; unfinished runs are redone or resumed; changed settings and bad
+configs are errors; a crashing run in its own process stops only itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neft import NeftError
+from neft.cli import main as cli_main
+from neft.compare import CompareConfig, build_plan, compare
+from neft.config import from_dict
+
+
+def grid(tiny_model_dir: str, toy_data_dir: str, output_dir, **options) -> dict:
+    values = dict(
+        output_dir=str(output_dir), model=tiny_model_dir, data=toy_data_dir,
+        max_dev_samples=4, max_test_samples=4, seeds=[1, 2], isolate=False,
+        keep_checkpoints=True,
+        train=dict(max_steps=2, eval_steps=1, logging_steps=1, per_device_train_batch_size=4,
+                   per_device_eval_batch_size=4, max_length=64),
+        eval=dict(max_new_tokens=4, batch_size=4),
+        lr_sweep=dict(values=[1e-3, 1e-2], steps=1),
+        methods=[{"method": "neft", "num_neurons": 6}, {"method": "lora", "lora_r": 2}])
+    values.update(options)
+    return values
+
+
+def result_mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("result.json")}
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tiny_model_dir, toy_data_dir, tmp_path_factory) -> tuple[Path, dict, dict]:
+    root = tmp_path_factory.mktemp("grid") / "out"
+    values = grid(tiny_model_dir, toy_data_dir, root)
+    return root, values, compare(values)
+
+
+def copy_of(finished_grid, tmp_path: Path) -> tuple[Path, dict]:
+    root, values, _ = finished_grid
+    copy = tmp_path / "out"
+    shutil.copytree(root, copy)
+    return copy, {**values, "output_dir": str(copy)}
+
+
+def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
+    root, _, outcome = finished_grid
+    assert not outcome["failed"]
+    assert sorted(outcome["ran"]) == sorted(
+        [f"cells/{c}-s{s}" for c in ("neft-6n", "lora-r2") for s in (1, 2)]
+        + [f"sweep/{c}-lr{v}" for c in ("neft-6n", "lora-r2") for v in ("0.001", "0.01")])
+    report = json.loads((root / "compare.json").read_text())
+    cells = {c["cell"]: c for c in report["cells"]}
+    assert set(cells) == {"neft-6n", "lora-r2"}
+    for cell in cells.values():
+        assert cell["lr_source"] == "sweep"
+        assert cell["learning_rate"] in (1e-3, 1e-2)
+        assert cell["lr_sweep"]["chosen"] == cell["learning_rate"]
+        assert set(cell["lr_sweep"]["dev_loss"]) == {"1e-3", "1e-2"}
+        assert cell["seeds_done"] == [1, 2]
+        for metric in ("bleu", "chrf"):
+            assert len(cell["scores"][metric]["per_seed"]) == 2
+            assert cell["scores"][metric]["std"] is not None
+        assert cell["peak_memory_mb"] > 0 and cell["seconds_per_run"] > 0
+    assert cells["neft-6n"]["trainable_parameters"] == 6 * 16
+    # every run records its lr; cells record the lr their sweep chose
+    for seed in (1, 2):
+        result = json.loads((root / f"cells/neft-6n-s{seed}/result.json").read_text())
+        assert result["learning_rate"] == cells["neft-6n"]["learning_rate"]
+        assert result["spec"]["lr"]["source"] == "sweep"
+    # neurons are selected once per seed and shared by the sweep and the cell
+    assert len(list((root / "neurons").glob("neft-6n-s*.safetensors"))) == 2
+    table = (root / "compare.md").read_text()
+    assert "| neft-6n | neft | 6 neurons |" in table and "lora-r2" in table
+    assert "± " in table and "Learning-rate sweep" in table
+    assert (root / "compare.png").stat().st_size > 1000
+    # sweep runs keep their logs but not their weights
+    assert not list((root / "sweep").rglob("*.safetensors"))
+
+
+def test_rerun_recomputes_nothing(finished_grid, tmp_path, capsys) -> None:
+    root, values = copy_of(finished_grid, tmp_path)
+    before = result_mtimes(root)
+    outcome = compare(values)
+    assert outcome["ran"] == [] and outcome["failed"] == []
+    assert len(outcome["skipped"]) == 8
+    assert result_mtimes(root) == before
+    assert "done earlier" in capsys.readouterr().out
+
+
+def test_unfinished_runs_are_redone_or_resumed(finished_grid, tmp_path) -> None:
+    root, values = copy_of(finished_grid, tmp_path)
+    before = result_mtimes(root)
+    # killed during the test evaluation: training finished, no result.json
+    (root / "cells/lora-r2-s2/result.json").unlink()
+    train_log = root / "cells/lora-r2-s2/train/training_log.json"
+    trained_at = train_log.stat().st_mtime_ns
+    # killed during training: a checkpoint, but no final summary
+    run_file = root / "cells/neft-6n-s2/train/neft_run.json"
+    (root / "cells/neft-6n-s2/result.json").unlink()
+    run_file.write_text(json.dumps({k: v for k, v in json.loads(run_file.read_text()).items()
+                                    if k != "result"}))
+    # killed before anything was written but the job file
+    (root / "cells/neft-6n-s1/result.json").unlink()
+    shutil.rmtree(root / "cells/neft-6n-s1/train")
+
+    outcome = compare(values)
+    assert sorted(outcome["ran"]) == ["cells/lora-r2-s2", "cells/neft-6n-s1", "cells/neft-6n-s2"]
+    assert len(outcome["skipped"]) == 5
+    how = {cell: json.loads((root / cell / "result.json").read_text())["training"]
+           for cell in outcome["ran"]}
+    assert how == {"cells/lora-r2-s2": "reused", "cells/neft-6n-s2": "resumed",
+                   "cells/neft-6n-s1": "trained"}
+    assert train_log.stat().st_mtime_ns == trained_at
+    after = result_mtimes(root)
+    assert all(after[k] == v for k, v in before.items() if not k.startswith(tuple(outcome["ran"])))
+
+
+def test_changed_settings_are_never_reused(finished_grid, tmp_path) -> None:
+    root, values = copy_of(finished_grid, tmp_path)
+    changed = {**values, "train": {**values["train"], "max_steps": 3}}
+    with pytest.raises(NeftError, match="max_steps: 2 -> 3.*recompute_changed"):
+        compare(changed)
+    outcome = compare({**changed, "dry_run": True})
+    assert len(outcome["states"]["changed"]) == 4  # the sweeps have their own steps
+
+
+def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) -> None:
+    def plan(**options):
+        return build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir,
+                                                        tmp_path, **options)))
+
+    with pytest.raises(NeftError, match="did you mean 'lora_r'"):
+        plan(methods=[{"method": "lora", "lora_rank": 8}])
+    with pytest.raises(NeftError, match="seed is set by compare"):
+        plan(train={"seed": 3})
+    with pytest.raises(NeftError, match="no learning rates for method lora"):
+        plan(lr_sweep={"values": {"neft": [1e-3]}})
+    with pytest.raises(NeftError, match="a second cell named"):
+        plan(methods=[{"method": "lora"}, {"method": "lora", "lora_r": 8}])
+    with pytest.raises(NeftError, match="method 'qlora' is not known"):
+        plan(methods=[{"method": "qlora"}])
+    with pytest.raises(NeftError, match="did you mean 'steps'"):
+        plan(lr_sweep={"values": [1e-3], "step": 3})
+    with pytest.raises(NeftError, match="missing.safetensors does not exist"):
+        plan(methods=[{"method": "neft", "neurons": str(tmp_path / "missing.safetensors")}])
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump({**grid(tiny_model_dir, toy_data_dir, tmp_path),
+                                      "method": [{"method": "lora"}]}))
+    assert cli_main(["compare", "--config", str(config)]) == 2
+    assert "did you mean 'methods'" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump({**grid(tiny_model_dir, toy_data_dir, tmp_path),
+                                      "test_split": "nope"}))
+    assert cli_main(["compare", "--config", str(config)]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_a_failing_run_stops_only_itself(tiny_model_dir, toy_data_dir, tmp_path) -> None:
+    values = grid(tiny_model_dir, toy_data_dir, tmp_path, seeds=[1], lr_sweep=None,
+                  methods=[{"method": "neft", "num_neurons": 10**6},  # more than the model has
+                           {"method": "lora", "lora_r": 2, "learning_rate": 1e-2}])
+    outcome = compare(values)
+    assert outcome["failed"] == ["cells/neft-1000000n-s1"]
+    assert outcome["ran"] == ["cells/lora-r2-s1"]
+    assert not (tmp_path / "cells/neft-1000000n-s1/result.json").exists()
+    again = compare(values)  # only the failed run is tried again
+    assert again["failed"] == ["cells/neft-1000000n-s1"] and again["ran"] == []
+    assert again["skipped"] == ["cells/lora-r2-s1"]
+
+
+def test_runs_in_their_own_processes(tiny_model_dir, toy_data_dir, tmp_path) -> None:
+    values = grid(tiny_model_dir, toy_data_dir, tmp_path, isolate=True, seeds=[1],
+                  lr_sweep=None, keep_checkpoints=False,
+                  methods=[{"method": "lora", "lora_r": 2, "learning_rate": 1e-2}])
+    outcome = compare(values)
+    assert outcome["ran"] == ["cells/lora-r2-s1"] and not outcome["failed"]
+    result = json.loads((tmp_path / "cells/lora-r2-s1/result.json").read_text())
+    assert result["memory_scope"] == "peak RSS of the run's process"
+    assert result["learning_rate"] == 1e-2 and result["spec"]["lr"]["source"] == "given"
+    assert "scores" in result and result["peak_memory_mb"] > 0
+    assert (tmp_path / "cells/lora-r2-s1/log.txt").stat().st_size > 0
+    assert not list((tmp_path / "cells/lora-r2-s1/train").glob("checkpoint-*"))
+    assert "lora-r2" in (tmp_path / "compare.md").read_text()
+    assert os.path.isfile(tmp_path / "compare.log")
