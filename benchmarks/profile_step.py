@@ -14,7 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from neft.bench import build_model, make_batches, prepare, resolve
+from neft.bench import build_model, forward_loss, make_batches, prepare, resolve
 
 MODEL = "smollm2-135m-random"
 
@@ -30,12 +30,7 @@ def main(mode: str, budget: str) -> None:
     batches = make_batches(8, 4, 128, embeddings.num_embeddings, 0, torch.device("cpu"))
 
     def step(ids: torch.Tensor) -> None:
-        if mode == "floor":
-            inputs = embeddings(ids).detach().requires_grad_(True)
-            loss = model(inputs_embeds=inputs, labels=ids, use_cache=False).loss
-        else:
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
+        forward_loss(model, mode, ids).backward()
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -306,6 +306,15 @@ def adapter_bytes(model: nn.Module, mode: str) -> int:
         return os.path.getsize(os.path.join(folder, "adapter_model.safetensors"))
 
 
+def forward_loss(model: nn.Module, mode: str, ids: torch.Tensor) -> torch.Tensor:
+    """The training loss of one batch; ``floor`` feeds embeddings that need a gradient, so
+    that backward runs through every layer with nothing trainable."""
+    if mode == "floor":
+        inputs = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        return model(inputs_embeds=inputs, labels=ids, use_cache=False).loss
+    return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one mode for warm-up + timed steps in this process; its numbers as a dict."""
     torch.set_num_threads(spec["threads"])
@@ -332,11 +341,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     for ids in batches:
         start = time.perf_counter()
         with autocast:
-            if mode == "floor":
-                inputs = embeddings(ids).detach().requires_grad_(True)
-                loss = model(inputs_embeds=inputs, labels=ids, use_cache=False).loss
-            else:
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = forward_loss(model, mode, ids)
         loss.backward()
         if optimizer is not None:
             optimizer.step()
