@@ -48,7 +48,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--config", help="YAML file with any of these options")
     for field in dataclasses.fields(cls):
         kind = _base_type(field.type)
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats it
         default = field.default if field.default is not dataclasses.MISSING else None
         flag = f"--{field.name}"
         if kind is bool:

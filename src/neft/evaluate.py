@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from .data import encode_prompt, load_records, render_example, resolve_template
 from .errors import NeftError
+from .files import write_json
 from .metrics import language_code, parse_metrics, score
 from .models import EMBEDDED_NAMES, EMBEDDED_ORIGIN, load_model
 
@@ -405,21 +405,6 @@ class EvalConfig:
         if self.output_file and os.path.isdir(self.output_file):
             raise NeftError(f"output_file {self.output_file} is a folder; give a file name "
                             f"such as {os.path.join(self.output_file, 'eval.json')}")
-
-
-def write_json(path: str, data: Any) -> None:
-    """Write to a temp file beside path, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:

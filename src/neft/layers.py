@@ -27,6 +27,9 @@ gradient is multiplied by a 0/1 mask. It is a reference, not a way to save memor
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -146,15 +149,21 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         base_layer.weight.requires_grad_(False)
         if base_layer.bias is not None:
             base_layer.bias.requires_grad_(False)
-        # An axis with no neurons gets an empty, frozen tensor: DDP rejects trainable
-        # parameters that never receive a gradient.
-        self.neft_delta_rows = nn.Parameter(
-            torch.zeros(self.neft_rows.numel(), self.in_features, dtype=dtype,
-                        device=weight.device), requires_grad=bool(self.neft_rows.numel()))
-        self.neft_delta_cols = nn.Parameter(
-            torch.zeros(self.out_features, self.neft_cols.numel(), dtype=dtype,
-                        device=weight.device), requires_grad=bool(self.neft_cols.numel()))
+        # An axis with no neurons gets an empty buffer, not a parameter: DDP rejects
+        # trainable parameters that never receive a gradient, and FSDP2 cannot gather
+        # empty shards (torch 2.13).
+        shapes = {"neft_delta_rows": (self.neft_rows.numel(), self.in_features),
+                  "neft_delta_cols": (self.out_features, self.neft_cols.numel())}
+        for name, shape in shapes.items():
+            delta = torch.zeros(shape, dtype=dtype, device=weight.device)
+            if delta.numel():
+                setattr(self, name, nn.Parameter(delta))
+            else:
+                self.register_buffer(name, delta, persistent=False)
         self.merged = False
+        # The weight object the fast path may write into. FSDP2 and FSDP1 put other
+        # parameters in its place (shards, gathered buffers), which then fail _can_sync.
+        self._sync_target = weakref.ref(weight)
         # While the base weight holds W0 + D: the original slices (rows, cols) and the
         # deltas' stamp when they were written.
         self._original: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -177,7 +186,7 @@ class NeuronDeltaLayer(_NeuronLayerBase):
                     rows.requires_grad or cols.requires_grad):
                 return y
             return _DeltaGrad.apply(y, x, rows, cols, self.neft_rows, self.neft_cols)
-        self._unsync()
+        self._unsync_before_fallback()
         y = self.base_layer(x)
         if self.neft_rows.numel():
             update = F.linear(x, self.neft_delta_rows.to(x.dtype))
@@ -188,18 +197,44 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             y = y + F.linear(picked, self.neft_delta_cols.to(x.dtype)).to(y.dtype)
         return y
 
+    # -- copies and pickles: the weakref is not copied, it is made again -------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_sync_target", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._sync_target = weakref.ref(self.base_layer.weight)
+
     # -- the base weight holding W0 + D ----------------------------------------------------
     def _can_sync(self) -> bool:
-        """Whether the deltas may live in the base weight: a plain parameter that owns all
-        of its storage, so that what forward and backward read is this very tensor (not
-        an FSDP view of a gathered buffer or a ZeRO-3 placeholder, not quantized, not on
-        meta or offloaded by accelerate)."""
+        """Whether the deltas may live in the base weight: the layer's own plain parameter
+        that owns all of its storage, so that what forward and backward read is this very
+        tensor (not an FSDP2 shard or the gathered buffer it puts in the weight's place
+        during forward, not an FSDP1 view or a ZeRO-3 partitioned parameter, not quantized,
+        not on meta or offloaded by accelerate)."""
         weight = self.base_layer.weight
         return (self.sync_weight and type(weight) is nn.Parameter and weight.is_floating_point()
+                and self._sync_target() is weight and not hasattr(weight, "ds_id")
                 and weight.device.type != "meta" and weight.storage_offset() == 0
                 and weight.numel() == self.out_features * self.in_features
                 and weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
                 and not hasattr(self.base_layer, "_hf_hook"))
+
+    def _unsync_before_fallback(self) -> None:
+        """Restore the original slices before the fallback path adds x D^T itself. If the
+        weight holding W0 + D has since been sharded (its parameter replaced, or partitioned
+        by ZeRO-3), the shards hold W0 + D and cannot be repaired here: refuse rather than
+        count D twice."""
+        if self._original is None:
+            return
+        weight = self.base_layer.weight
+        if self._sync_target() is not weight or hasattr(weight, "ds_id"):
+            raise NeftError("the base weight was sharded (FSDP / DeepSpeed) while it held the "
+                            "deltas added in; call model.unmerge_adapter() (or state_dict()) "
+                            "before sharding a NeftModel that has already run")
+        self._unsync()
 
     def _delta_stamp(self) -> tuple[int, ...]:
         rows, cols = self.neft_delta_rows, self.neft_delta_cols
@@ -251,6 +286,9 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         """Make the base weight hold W0 + D and stop training the deltas. The original
         slices are kept so that ``unmerge`` restores the base bit for bit (float addition
         is not invertible)."""
+        if not self.merged and _is_sharded(self.base_layer.weight):
+            raise NeftError("cannot merge into a sharded base weight (FSDP / DeepSpeed ZeRO-3): "
+                            "save the adapter, then merge it on one process (`neft merge`)")
         self._sync(verify=True)
         self.merged = True
 
@@ -260,20 +298,87 @@ class NeuronDeltaLayer(_NeuronLayerBase):
 
     # -- adapter state ---------------------------------------------------------------------
     def get_deltas(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.neft_delta_rows.detach(), self.neft_delta_cols.detach()
+        """The whole deltas. Sharded ones (FSDP2, ZeRO-3) are gathered: a collective, so
+        every rank must call it, in the same order."""
+        return full_tensor(self.neft_delta_rows), full_tensor(self.neft_delta_cols)
 
     @torch.no_grad()
     def set_deltas(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        if rows.shape != self.neft_delta_rows.shape or cols.shape != self.neft_delta_cols.shape:
+        """Set the whole deltas; on sharded ones every rank passes the same values and
+        keeps its own part (FSDP2, ZeRO-3)."""
+        if (rows.shape != _full_shape(self.neft_delta_rows)
+                or cols.shape != _full_shape(self.neft_delta_cols)):
             raise NeftError(f"adapter deltas have shapes {list(rows.shape)}/{list(cols.shape)}, "
-                            f"the layer expects {list(self.neft_delta_rows.shape)}/"
-                            f"{list(self.neft_delta_cols.shape)}: adapter and base do not match")
-        self.neft_delta_rows.copy_(rows)
-        self.neft_delta_cols.copy_(cols)
+                            f"the layer expects {list(_full_shape(self.neft_delta_rows))}/"
+                            f"{list(_full_shape(self.neft_delta_cols))}: adapter and base do "
+                            "not match")
+        set_full_tensor(self.neft_delta_rows, rows)
+        set_full_tensor(self.neft_delta_cols, cols)
 
 
 def _unsync_hook(module: NeuronDeltaLayer, *_: object) -> None:
     module._unsync()
+
+
+# -- sharded parameters (FSDP2 DTensors, DeepSpeed ZeRO-3) ----------------------------------
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """An FSDP2 (or other torch.distributed.tensor) sharded tensor."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    return is_dtensor(tensor) or hasattr(tensor, "ds_id")
+
+
+def _full_shape(tensor: torch.Tensor) -> torch.Size:
+    return tensor.ds_shape if hasattr(tensor, "ds_shape") else tensor.shape
+
+
+@torch.no_grad()
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value, detached. FSDP2 DTensors and ZeRO-3 partitioned
+    parameters are gathered: a collective that every rank must join."""
+    if is_dtensor(param):
+        if not param.numel():  # an unused axis; gathering empty shards fails in torch 2.13
+            return torch.empty(param.shape, dtype=param.dtype, device=param.device)
+        return param.detach().full_tensor()
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().clone()
+    return param.detach()
+
+
+@torch.no_grad()
+def set_full_tensor(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy a whole value into a parameter that may be sharded; every rank passes the same
+    value and keeps its own shard (no communication for DTensors)."""
+    if not value.numel():
+        return
+    if is_dtensor(param):
+        from torch.distributed.tensor import distribute_tensor
+
+        value = value.to(device=param.device, dtype=param.dtype)
+        try:  # each rank cuts its shard from its own copy
+            shard = distribute_tensor(value, param.device_mesh, param.placements,
+                                      src_data_rank=None)
+        except TypeError:  # torch < 2.7: scattered from rank 0, which holds the same value
+            shard = distribute_tensor(value, param.device_mesh, param.placements)
+        param.copy_(shard)
+    elif hasattr(param, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            param.copy_(value)
+    else:
+        param.copy_(value)
 
 
 class NeuronMaskLayer(_NeuronLayerBase):

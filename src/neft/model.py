@@ -236,7 +236,8 @@ class NeftModel(nn.Module):
 
     # -- save / load -----------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Indices and deltas of every module, keyed ``<module>::rows|cols|delta_*``."""
+        """Indices and deltas of every module, keyed ``<module>::rows|cols|delta_*``.
+        Sharded deltas are gathered (a collective under FSDP2 / ZeRO-3: call on all ranks)."""
         tensors = self.neurons.tensors()
         for path, layer in self.neft_layers():
             delta_rows, delta_cols = layer.get_deltas()
@@ -246,13 +247,20 @@ class NeftModel(nn.Module):
                 tensors[f"{path}::delta_cols"] = delta_cols.contiguous().cpu()
         return {k: v.cpu() for k, v in tensors.items()}
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> None:
-        """Write adapter_config.json and adapter_model.safetensors (each atomically)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        **_: Any) -> None:
+        """Write adapter_config.json and adapter_model.safetensors (each atomically).
+
+        Sharded deltas (FSDP2, ZeRO-3) are gathered first, which every rank must join:
+        call it on all ranks with ``is_main_process`` true on the one that writes.
+        """
+        state = self.adapter_state()
+        if not is_main_process:
+            return
         os.makedirs(save_directory, exist_ok=True)
         metadata = self.neurons.file_metadata()
         metadata.update(format=ADAPTER_FORMAT, base_fingerprint=self.base_fingerprint)
-        atomic_save_file(self.adapter_state(), os.path.join(save_directory, WEIGHTS_NAME),
-                         metadata)
+        atomic_save_file(state, os.path.join(save_directory, WEIGHTS_NAME), metadata)
         config = self.neft_config.to_dict()
         config.update(neft_version=__version__, base_fingerprint=self.base_fingerprint,
                       num_neurons=self.neurons.num_neurons(),

@@ -9,6 +9,7 @@ distributed launch (torchrun / accelerate), checkpoints, resume, bf16 and evalua
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from .data import (
     load_records,
 )
 from .errors import NeftError
+from .files import write_json
 from .model import NeftConfig, NeftModel, get_neft_model
 from .models import load_model
 from .neurons import NeuronSet, count_parameters, find_neuron_groups
@@ -107,6 +110,13 @@ class TrainConfig:
     resume: bool = _opt("continue from the last checkpoint in output_dir", False)
     overwrite: bool = _opt("replace an earlier run in output_dir", False)
     report_to: str = _opt("Trainer loggers (none, tensorboard, wandb, ...)", "none")
+    # scaling out (Trainer names; launch with torchrun or accelerate launch)
+    fsdp: str | None = _opt("shard the model with FSDP (Trainer's option): true or e.g. "
+                            "'full_shard auto_wrap'")
+    fsdp_config: str | None = _opt("FSDP settings: a JSON file, as Trainer's fsdp_config "
+                                   "(examples/fsdp/fsdp2.json)")
+    deepspeed: str | None = _opt("DeepSpeed config JSON (examples/deepspeed/zero2.json, "
+                                 "zero3.json); needs pip install 'neft[deepspeed]'")
     trust_remote_code: bool = _opt("allow model code from the hub (off for safety)", False)
 
     def __post_init__(self) -> None:
@@ -168,6 +178,24 @@ class TrainConfig:
                 and self.match_lora < 1):
             raise NeftError(f"match_lora must be at least 1, not {self.match_lora} "
                             "(or give num_neurons or percent)")
+        for name in ("fsdp_config", "deepspeed"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise NeftError(f"{name} {path} is not a file; pass a JSON config (see "
+                                f"examples/{'fsdp' if name == 'fsdp_config' else name}/)")
+        if self.deepspeed:
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise NeftError("--deepspeed needs DeepSpeed, which is not installed: pip "
+                                "install 'neft[deepspeed]' (README, Scaling out)")
+        if self.fsdp_config and not _fsdp_option(self.fsdp):
+            raise NeftError("fsdp_config is used only with --fsdp true; pass both, or neither")
+        if (self.neft_mode == "mask" and self.method in ("neft", "random")
+                and (_fsdp_option(self.fsdp) or self.deepspeed)):
+            raise NeftError("neft_mode mask (the paper's gradient masking of whole weights) "
+                            "does not work on sharded weights; use neft_mode compact with "
+                            "FSDP or DeepSpeed")
         if self.neurons and self.method != "neft":
             raise NeftError(f"neurons is used by method neft only, and method is "
                             f"{self.method}: drop --neurons or pass --method neft")
@@ -277,13 +305,6 @@ def _discard_run(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- models
 
 
@@ -304,7 +325,22 @@ def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> 
     scorer = "random" if config.method == "random" else config.scorer
     # reversed has no --reference here, so it runs a probe on the training data
     data = list(dataset) if scorer in NEEDS_DATA or scorer == "reversed" else None
-    return select_neurons(model, scorer=scorer, data=data, seed=config.seed, **_budget(config))
+    return _on_rank_zero(lambda: select_neurons(model, scorer=scorer, data=data,
+                                                seed=config.seed, **_budget(config)))
+
+
+def _on_rank_zero(select: Any) -> NeuronSet:
+    """Under torchrun / accelerate launch, rank 0 selects (on the whole, not yet wrapped
+    model) and sends the set to the other ranks, which wait: every rank must train the same
+    neurons, and recomputing them on each rank could differ by a tie flipped by float
+    noise, while N processes scoring at once would compete for one host's cores."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return select()
+    box = [select() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Module:
@@ -351,6 +387,32 @@ class NeftTrainer(Trainer):
     def _neft_model(self) -> NeftModel | None:
         model = self.accelerator.unwrap_model(self.model)
         return model if isinstance(model, NeftModel) else None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Every rank comes here (checkpoints, the end of training): sharded deltas (FSDP2,
+        ZeRO-3) are gathered by all, rank 0 writes. Trainer's own FSDP/DeepSpeed path would
+        first gather the whole model's state dict, for a few delta tensors."""
+        model = self._neft_model()
+        if model is None:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        model.save_pretrained(output_dir, is_main_process=self.args.should_save)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP, Trainer also writes the whole model's state dict into every checkpoint
+        (for resuming); a NeftModel's checkpoint needs its adapter, optimizer and scheduler
+        only."""
+        if self._neft_model() is None or not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import save_fsdp_optimizer
+        from transformers.trainer import SCHEDULER_NAME
+
+        save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator,
+                            self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         model = self._neft_model()
@@ -402,6 +464,13 @@ class StopOnSignal(TrainerCallback):
             signal.signal(sig, handler)
 
 
+def _fsdp_option(value: str | None) -> str | bool | None:
+    """``--fsdp true`` as Trainer's bare ``--fsdp``; false or empty: no FSDP."""
+    if value is None or value.strip().lower() in ("", "false", "no", "none"):
+        return None
+    return True if value.strip().lower() == "true" else value
+
+
 def _use_bf16(setting: str | bool) -> bool:
     if setting in (True, "true"):
         return True
@@ -446,6 +515,9 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
             report_to=[] if config.report_to == "none" else config.report_to.split(","),
             remove_unused_columns=False,
             use_cpu=not torch.cuda.is_available(),
+            fsdp=_fsdp_option(config.fsdp),
+            fsdp_config=config.fsdp_config,
+            deepspeed=config.deepspeed,
             disable_tqdm=False,
         )
     except ValueError as exc:  # a combination Trainer refuses (e.g. bf16 without support)
@@ -535,15 +607,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     eval_records = (_records(config, eval_source, config.eval_split, config.max_eval_samples)
                     if eval_source else None)
     args = training_arguments(config, eval_records is not None)
-    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
-    train_data = _build(config, train_records, tokenizer)
-    print("train data: " + format_length_stats(length_stats(train_data)), flush=True)
-    eval_data = None
-    if eval_records is not None:
-        eval_data = _build(config, eval_records, tokenizer)
-        print("dev data: " + format_length_stats(length_stats(eval_data)), flush=True)
-    total_params = count_parameters(model)
-    model = prepare_model(model, config, train_data)
+    with _whole_model_loading():
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        train_data = _build(config, train_records, tokenizer)
+        print("train data: " + format_length_stats(length_stats(train_data)), flush=True)
+        eval_data = None
+        if eval_records is not None:
+            eval_data = _build(config, eval_records, tokenizer)
+            print("dev data: " + format_length_stats(length_stats(eval_data)), flush=True)
+        total_params = count_parameters(model)
+        model = prepare_model(model, config, train_data)
     trainable = trainable_parameters(model)
     print(f"method {config.method}: {trainable:,} trainable parameters "
           f"({100 * trainable / total_params:.3f}% of {total_params:,})", flush=True)
@@ -551,7 +624,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     fresh = False
     if _is_main_process():
         fresh = _claim_output_dir(config, resume)
-        _write_json(os.path.join(config.output_dir, RUN_FILE), config.to_dict())
+        write_json(os.path.join(config.output_dir, RUN_FILE), config.to_dict())
     checkpoint = last_checkpoint(config.output_dir) if resume else None
     if config.resume and checkpoint is None:
         print(f"neft train: no complete checkpoint in {config.output_dir}; starting at step 0",
@@ -562,6 +635,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
                               eval_dataset=eval_data,
                               data_collator=DataCollator(tokenizer.pad_token_id),
                               processing_class=tokenizer, callbacks=[stopper])
+        if (config.neft_mode == "mask" and config.method in ("neft", "random")
+                and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)):
+            # set by `accelerate launch --use_fsdp / --use_deepspeed` rather than our flags
+            raise NeftError("neft_mode mask does not work on sharded weights; use neft_mode "
+                            "compact with FSDP or DeepSpeed")
+        if _fsdp_option(config.fsdp) and not trainer.is_fsdp_enabled:
+            print("neft train: FSDP is not active (accelerate shards on GPUs and other "
+                  "accelerators only; CPU processes train with DDP)", file=sys.stderr,
+                  flush=True)
         result = trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException:
         if fresh:
@@ -584,21 +666,40 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(),
         "interrupted": interrupted,
     }
+    if not interrupted:  # on every rank: sharded weights are gathered by all
+        trainer.save_model(config.output_dir)
     if trainer.args.should_save:
-        if not interrupted:
-            trainer.save_model(config.output_dir)
-            if config.method in ("full", "ft-inout"):
-                tokenizer.save_pretrained(config.output_dir)
-        _write_json(os.path.join(config.output_dir, LOG_FILE), trainer.state.log_history)
+        if not interrupted and config.method in ("full", "ft-inout"):
+            tokenizer.save_pretrained(config.output_dir)
+        write_json(os.path.join(config.output_dir, LOG_FILE), trainer.state.log_history,
+                   allow_nan=True)
         plot_losses(trainer.state.log_history, os.path.join(config.output_dir, PLOT_FILE),
                     f"{config.method} on {os.path.basename(config.train_file.rstrip('/'))}")
-        _write_json(os.path.join(config.output_dir, RUN_FILE), {**config.to_dict(),
-                                                                 "result": summary})
+        write_json(os.path.join(config.output_dir, RUN_FILE),
+                   {**config.to_dict(), "result": summary}, allow_nan=True)
     if interrupted:
         print(f"neft train: stopped at step {trainer.state.global_step}; its checkpoint is in "
               f"{config.output_dir}: rerun with --resume (same options) to continue",
               file=sys.stderr, flush=True)
     return summary
+
+
+@contextlib.contextmanager
+def _whole_model_loading() -> Iterator[None]:
+    """Load and wrap the model whole, even under DeepSpeed ZeRO-3: with a ZeRO-3 config
+    alive, transformers partitions a model while loading it (zero.Init), and selection
+    and NeftModel need its whole weights. DeepSpeed partitions it when Trainer starts."""
+    try:
+        from transformers.integrations import deepspeed
+    except ImportError:
+        yield
+        return
+    saved = getattr(deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def peak_memory_mb() -> float:

@@ -336,7 +336,7 @@ class UtilizationResult:
     def save(self, output_dir: str | os.PathLike) -> list[str]:
         """utilization.json (summary), utilization.safetensors (every neuron's score, rank,
         best state and, with a reference, its rank change) and utilization.png."""
-        from ..evaluate import write_json
+        from ..files import write_json
         from .plots import plot_utilization
 
         output_dir = os.fspath(output_dir)

@@ -20,7 +20,7 @@ from ..analyze import (
     plot_distribution,
     plot_overlap,
 )
-from ..evaluate import write_json
+from ..files import write_json
 from .select import _target_modules
 
 DEFAULT_OUTPUT = os.path.join("outputs", "analyze")

@@ -15,7 +15,7 @@ import os
 import statistics
 from typing import Any
 
-from ..evaluate import write_json
+from ..files import write_json
 from .plan import Plan, Run
 from .worker import RESULT_FILE, read_json
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import NeftError
-from ..evaluate import write_json
+from ..files import write_json
 from .plan import Plan, Run, build_plan, canonical, first_difference, selection_key
 from .report import format_lr, load_result, write_report
 from .worker import JOB_FILE, LOG_FILE, RESULT_FILE, read_json, run_job

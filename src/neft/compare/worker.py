@@ -24,7 +24,8 @@ import torch
 
 from ..config import from_dict
 from ..errors import NeftError
-from ..evaluate import EvalConfig, run_eval, write_json
+from ..evaluate import EvalConfig, run_eval
+from ..files import write_json
 from ..train import RUN_FILE, TrainConfig, load_split, peak_memory_mb, select_for_training, train
 
 JOB_FILE = "job.json"

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data import DataCollator, TokenizedDataset, build_dataset, load_records
 from ..errors import NeftError
+from ..layers import full_tensor, is_dtensor
 from ..neurons import is_conv1d
 from .scorers import ScoreInput, Scores
 from .weights import by_module, cosine, logical_matrices, neuron_vectors
@@ -78,6 +79,10 @@ def score_probe(inp: ScoreInput) -> Scores:
     """
     settings = _settings(inp, PROBE_DEFAULTS)
     model, groups = inp.model, inp.groups
+    if any(is_dtensor(p) or hasattr(p, "ds_id") for p in model.parameters()):
+        raise NeftError("the probe fine-tunes and restores the whole model, which is not done "
+                        "on a sharded (FSDP / ZeRO-3) model: select on one process before "
+                        "sharding (`neft select`, then --neurons), or use scorer gradient")
     restore = inp.options.get("restore", True)
     modules = by_module(groups)
     originals = {m: w.detach().to(torch.float32, copy=True)
@@ -150,6 +155,10 @@ def score_gradient(inp: ScoreInput) -> Scores:
     Memory: only the candidate matrices get gradients (everything else is frozen), each
     weight's gradient is reduced right after it is accumulated and then dropped, and the
     sums kept are one float32 copy of the candidate neurons plus a scalar per neuron.
+
+    On a model sharded with FSDP2 every rank runs the same batches (the stream is seeded),
+    so the averaged gradient FSDP2 leaves in each shard is the batch's own; the shards are
+    gathered after each backward, one matrix at a time, and every rank gets the scores.
     """
     settings = _settings(inp, GRADIENT_DEFAULTS)
     model, groups = inp.model, inp.groups
@@ -159,9 +168,10 @@ def score_gradient(inp: ScoreInput) -> Scores:
     squares = [torch.zeros(g.count, dtype=torch.float64) for g in groups]
 
     def reduce(module: str, param: nn.Parameter) -> None:
-        grad = param.grad.t() if is_conv1d(layers[module]) else param.grad
+        grad = full_tensor(param.grad)
+        grad = grad.t() if is_conv1d(layers[module]) else grad
         for i in modules[module]:
-            vectors = neuron_vectors(grad, groups[i]).float()
+            vectors = neuron_vectors(grad, groups[i]).float().cpu()  # sums live on the CPU
             sums[i] += vectors
             squares[i] += vectors.double().pow(2).sum(dim=1)
         param.grad = None
@@ -171,10 +181,14 @@ def score_gradient(inp: ScoreInput) -> Scores:
     for param in model.parameters():
         param.requires_grad_(False)
     hooks = []
+    sharded = []  # FSDP2 writes their gradients after backward, past any hook
     for module in modules:
         weight = layers[module].weight
         weight.requires_grad_(True)
-        hooks.append(weight.register_post_accumulate_grad_hook(partial(reduce, module)))
+        if is_dtensor(weight):
+            sharded.append(module)
+        else:
+            hooks.append(weight.register_post_accumulate_grad_hook(partial(reduce, module)))
     device = next(model.parameters()).device
     steps = int(settings["steps"])
     stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
@@ -186,6 +200,8 @@ def score_gradient(inp: ScoreInput) -> Scores:
             for _ in tqdm(range(steps), desc="gradient", unit="batch",
                           disable=not inp.progress):
                 model(**next(stream)).loss.backward()
+                for module in sharded:
+                    reduce(module, layers[module].weight)
     finally:
         for hook in hooks:
             hook.remove()
@@ -200,7 +216,7 @@ def score_gradient(inp: ScoreInput) -> Scores:
             mean = sums[i].double() / steps
             mean_square = (squares[i] / steps).clamp_min(torch.finfo(torch.float64).tiny)
             snr = size * (mean.pow(2).sum(dim=1) / mean_square - 1 / steps).clamp_min(0)
-            norm = neuron_vectors(weight, groups[i]).double().norm(dim=1)
+            norm = neuron_vectors(weight, groups[i]).double().norm(dim=1).cpu()
             scores[i] = (DRIFT_STEPS * snr + size).sqrt() / norm
     settings.update(drift_steps=DRIFT_STEPS, selects="largest predicted Adam turn")
     return scores, settings

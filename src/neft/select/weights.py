@@ -17,6 +17,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import NeftError
+from ..layers import full_tensor
 from ..neurons import NeuronGroup, is_conv1d
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -88,8 +89,8 @@ def logical_matrices(source: WeightSource, model: nn.Module, modules: list[str],
         transposed = is_conv1d(layers[module])
         if checkpoint is not None:
             weight = checkpoint.get(module)
-        elif module in others:
-            weight = others[module].weight.detach()
+        elif module in others:  # a sharded weight (FSDP2) is gathered: all ranks call this
+            weight = full_tensor(others[module].weight)
         else:
             raise NeftError(f"the reference model has no module {module}; it must be a "
                             "fine-tuned copy of the base model")
