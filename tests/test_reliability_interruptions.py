@@ -29,8 +29,14 @@ def neft_command() -> list[str]:
 def start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     handle = open(log, "w")  # noqa: SIM115 - closed by the child's exit, read by the test
+    # As from a terminal: a shell's background job (CI runners, nohup) inherits SIGINT
+    # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
     return subprocess.Popen([*neft_command(), *args], stdout=handle, stderr=subprocess.STDOUT,
-                            env=env)
+                            env=env, preexec_fn=_ctrl_c_as_from_a_terminal)
+
+
+def _ctrl_c_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> int:
