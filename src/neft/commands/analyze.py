@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from typing import Any
 
 from ..analyze import (
     analyze_utilization,
@@ -97,24 +99,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     util.set_defaults(func=run_utilization)
 
 
-def run_distribution(args: argparse.Namespace) -> int:
-    result = distribution(label_sets(args.sets, args.labels))
-    print(format_distribution(result))
-    paths = [os.path.join(args.output_dir, f"distribution.{ext}") for ext in ("json", "png")]
+def _report(name: str, result: dict[str, Any], text: str,
+            plot: Callable[[dict[str, Any], str], None], output_dir: str) -> int:
+    """Print the table, write ``<name>.json`` and ``<name>.png``."""
+    print(text)
+    paths = [os.path.join(output_dir, f"{name}.{ext}") for ext in ("json", "png")]
     write_json(paths[0], result)
-    plot_distribution(result, paths[1])
+    plot(result, paths[1])
     print("wrote " + ", ".join(paths))
     return 0
+
+
+def run_distribution(args: argparse.Namespace) -> int:
+    result = distribution(label_sets(args.sets, args.labels))
+    return _report("distribution", result, format_distribution(result), plot_distribution,
+                   args.output_dir)
 
 
 def run_overlap(args: argparse.Namespace) -> int:
     result = overlap_matrices(label_sets(args.sets, args.labels))
-    print(format_overlap(result))
-    paths = [os.path.join(args.output_dir, f"overlap.{ext}") for ext in ("json", "png")]
-    write_json(paths[0], result)
-    plot_overlap(result, paths[1])
-    print("wrote " + ", ".join(paths))
-    return 0
+    return _report("overlap", result, format_overlap(result), plot_overlap, args.output_dir)
 
 
 def run_utilization(args: argparse.Namespace) -> int:
