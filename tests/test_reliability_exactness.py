@@ -134,7 +134,8 @@ def test_merge_command_writes_the_merged_weights_bit_for_bit(tiny_model_dir, toy
 
 
 SCORERS = [("random", []), ("magnitude", []), ("gradient", ["--data", "{data}"]),
-           ("probe", ["--data", "{data}", "--steps", "2"])]
+           ("probe", ["--data", "{data}", "--steps", "2"]),
+           ("fast-probe", ["--data", "{data}", "--steps", "2"])]
 
 
 @pytest.mark.parametrize("scorer, extra", SCORERS, ids=[s for s, _ in SCORERS])

@@ -265,6 +265,60 @@ def test_gradient_scorer_returns_a_valid_set(arch):
     assert again == chosen
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fast_probe_equals_adam_on_the_candidate_matrices(arch):
+    """The in-backward updates are AdamW's without momentum: the scores equal 1 - cos(before,
+    after) of an ordinary AdamW loop over the candidate matrices; the model is put back."""
+    from neft.select.datadriven import batches
+    from neft.select.weights import by_module, cosine, logical_matrices, neuron_vectors
+
+    model = make_model(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = score_neurons(model, "fast-probe", data=examples(), steps=3, learning_rate=1e-3,
+                           batch_size=4, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    settings = scores.metadata["scorer_settings"]
+    assert (settings["steps"], settings["learning_rate"], settings["batch_size"]) == (3, 1e-3, 4)
+
+    groups = find_neuron_groups(model)
+    modules = list(by_module(groups))
+    layers = dict(model.named_modules())
+    start = dict(logical_matrices(model, model, modules))
+    start = {m: w.clone() for m, w in start.items()}
+    model.requires_grad_(False)
+    weights = [layers[m].weight.requires_grad_(True) for m in modules]
+    optimizer = torch.optim.AdamW(weights, lr=1e-3, betas=(0.0, 0.999), weight_decay=0.0)
+    stream = batches(examples(), 4, 1234, 0, torch.device("cpu"))
+    model.train()
+    torch.manual_seed(1234)  # dropout, as the scorer seeds it
+    for _ in range(3):
+        model(**next(stream)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    end = dict(logical_matrices(model, model, modules))
+    for group, got in zip(groups, scores.scores, strict=True):
+        want = 1 - cosine(neuron_vectors(start[group.module], group),
+                          neuron_vectors(end[group.module], group))
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-12), group.module
+    assert max(float(s.max()) for s in scores.scores) > 0
+
+
+def test_fast_probe_keeps_low_precision_updates_in_float32():
+    """lr x 1 steps are below bf16's resolution of the weights: a float32 master copy takes
+    them, so the neurons still turn; the bf16 model is put back bit for bit."""
+    model = make_model("llama", dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = score_neurons(model, "fast-probe", data=examples(), steps=2, learning_rate=1e-5,
+                           batch_size=4, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    moved = torch.cat(scores.scores)
+    assert bool((moved > 0).all()) and float(moved.max()) < 1e-4
+    chosen = select_neurons(model, "fast-probe", data=examples(), neurons=10, steps=2,
+                            learning_rate=1e-5, batch_size=4, progress=False)
+    assert chosen.num_neurons() == 10 and chosen.metadata["scorer"] == "fast-probe"
+
+
 def test_probe_records_its_settings_and_restores_the_model():
     model = make_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -77,7 +77,7 @@ class TrainConfig:
     max_length: int = _opt("tokens per example (prompt is cut first, never the target)", 256)
     # neurons
     neurons: str | None = _opt("NeuronSet file (from `neft select`) for method neft")
-    scorer: str = _opt("scorer when selecting on the fly (no --neurons)", "gradient")
+    scorer: str = _opt("scorer when selecting on the fly (no --neurons)", "fast-probe")
     match_lora: int | None = _opt("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = _opt("budget: this many neurons")
     percent: float | None = _opt("budget: % of all model parameters (the paper's unit)")

@@ -21,7 +21,7 @@ from ..select import (
     transfer_set,
     union_sets,
 )
-from ..select.datadriven import GRADIENT_DEFAULTS, PROBE_DEFAULTS
+from ..select.datadriven import FAST_PROBE_DEFAULTS, GRADIENT_DEFAULTS, PROBE_DEFAULTS
 
 
 def _target_modules(text: str) -> dict[str, str]:
@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scorer", choices=list(SCORERS), default="cosine",
                         help="cosine: vs --reference (the paper); probe: short full fine-tuning "
                              "then cosine; reversed: highest cosine; random; magnitude: lowest "
-                             "norm; gradient: ours, gradient statistics on --data")
+                             "norm; fast-probe: ours, a few AdamW steps on the candidate matrices "
+                             "then cosine; gradient: ours, gradient statistics on --data")
     budget = parser.add_argument_group("budget (exactly one)")
     budget.add_argument("--neurons", type=int)
     budget.add_argument("--percent", type=float, help="%% of ALL model parameters (the paper's)")
@@ -60,20 +61,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "one global ranking (the paper)")
     parser.add_argument("--reference", help="fine-tuned checkpoint (folder or .safetensors) for "
                                             "cosine/reversed")
-    parser.add_argument("--data", help="task data for probe/gradient (file or folder with "
-                                       "train.jsonl)")
+    parser.add_argument("--data", help="task data for probe/fast-probe/gradient (file or folder "
+                                       "with train.jsonl)")
     parser.add_argument("--task", default="translation")
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--limit", type=int, default=None, help="use the first N records")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"probe: optimizer steps ({PROBE_DEFAULTS['steps']}); gradient: "
+                        help=f"probe: optimizer steps ({PROBE_DEFAULTS['steps']}); fast-probe: "
+                             f"{FAST_PROBE_DEFAULTS['steps']}; gradient: "
                              f"batches ({GRADIENT_DEFAULTS['steps']})")
     parser.add_argument("--learning_rate", type=float, default=None,
-                        help=f"probe ({PROBE_DEFAULTS['learning_rate']:g})")
+                        help=f"probe and fast-probe ({PROBE_DEFAULTS['learning_rate']:g})")
     parser.add_argument("--per_device_train_batch_size", "--batch_size", dest="batch_size",
                         type=int, default=None,
-                        help=f"probe/gradient batch size ({PROBE_DEFAULTS['batch_size']})")
+                        help="probe/fast-probe/gradient batch size "
+                             f"({PROBE_DEFAULTS['batch_size']})")
     parser.add_argument("--target_modules", type=_target_modules, default=None,
                         help="candidate modules and axes, e.g. mlp.fc_in=rows,mlp.fc_out=cols "
                              "(default: the MLP preset found in the model)")

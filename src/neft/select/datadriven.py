@@ -1,5 +1,6 @@
-"""Scorers that read task data: ``probe`` (the paper's short full fine-tuning + cosine)
-and ``gradient`` (ours: gradient statistics over a few batches, no fine-tuning)."""
+"""Scorers that read task data: ``probe`` (the paper's short full fine-tuning + cosine),
+``fast-probe`` (ours: a few AdamW steps on the candidate matrices only + cosine) and
+``gradient`` (ours: gradient statistics over a few batches, no update at all)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -26,6 +27,12 @@ from .weights import by_module, cosine, logical_matrices, neuron_vectors
 PROBE_DEFAULTS = {"steps": 200, "learning_rate": 2e-5, "batch_size": 4, "max_grad_norm": 1.0,
                   "weight_decay": 0.0, "warmup_steps": 0, "schedule": "linear"}
 GRADIENT_DEFAULTS = {"steps": 24, "batch_size": 4}
+# The probe's optimizer, 1/10 of its steps at 2.5x its learning rate: on the development
+# pair (en-fr), lr 2e-5 / 5e-5 / 1e-4 gave 63 / 66 / 62% overlap with the K=200 probe after
+# 20 steps at the 6% budget; 25 steps gave 69% but took 11% of the probe's time on en-de
+# (goal: 10%). See benchmarks/results/selection_notes.md.
+FAST_PROBE_DEFAULTS = {"steps": 20, "learning_rate": 5e-5, "batch_size": 4}
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch's defaults, as the probe uses them
 DRIFT_STEPS = 3  # see score_gradient
 
 Example = Mapping[str, Sequence[int]]
@@ -140,6 +147,123 @@ def _fine_tune(model: nn.Module, inp: ScoreInput, settings: dict[str, Any]) -> l
     return losses
 
 
+def score_fast_probe(inp: ScoreInput) -> Scores:
+    """Ours: the probe cut down to what it measures. AdamW (constant lr) trains only the
+    candidate matrices for ``steps`` steps, then 1 - cos(before, after) per neuron.
+
+    Why it agrees with the probe: under Adam every element moves by about lr per step, so
+    how far a neuron turns is set by its norm and by how its gradients evolve as the model
+    learns, which a short real run sees and gradient statistics at the start do not (see
+    benchmarks/results/selection_notes.md). Freezing the rest saves the probe's gradients
+    and optimizer state for attention and embeddings and their backward work.
+
+    Memory: each matrix is updated inside backward, right after its gradient is
+    accumulated, and the gradient is dropped; what stays is one float32 state for the
+    candidate matrices, Adam's second moment: the steps take no momentum (betas (0, 0.999)),
+    which saves a second state and changes little over a run this short, as the sum of the
+    updates is nearly the same (plus a float32 master copy for a low-precision model,
+    whose weights could not hold updates of lr x 1). The weights before are parked in a
+    temporary file, not memory, read back one matrix at a time for the cosine, and put
+    back unless ``restore`` is False. Gradient clipping is left out: it needs every
+    gradient at once, and Adam's per-element normalisation makes it nearly a no-op.
+    """
+    settings = _settings(inp, FAST_PROBE_DEFAULTS)
+    model, groups = inp.model, inp.groups
+    if any(is_dtensor(p) or hasattr(p, "ds_id") for p in model.parameters()):
+        raise NeftError("the fast probe updates whole candidate matrices, which is not done on "
+                        "a sharded (FSDP / ZeRO-3) model: select on one process before sharding "
+                        "(`neft select`, then --neurons), or use scorer gradient")
+    modules = by_module(groups)
+    layers = dict(model.named_modules())
+    weights = {m: layers[m].weight for m in modules}
+    restore = inp.options.get("restore", True)
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    module_of = {weight: module for module, weight in weights.items()}
+    masters: dict[str, torch.Tensor] = {}  # what takes the steps: the weight, or a copy
+    squares: dict[str, torch.Tensor] = {}  # Adam's second moment
+    counts = dict.fromkeys(weights, 0)
+    lr = float(settings["learning_rate"])
+
+    def update(weight: nn.Parameter) -> None:
+        """One Adam step without momentum (torch's AdamW with betas (0, 0.999), no weight
+        decay) in float32, as soon as this weight's gradient is complete."""
+        module = module_of[weight]
+        master, square = masters[module], squares[module]
+        grad = weight.grad.float()
+        counts[module] += 1
+        square.mul_(ADAM_BETA2).addcmul_(grad, grad, value=1 - ADAM_BETA2)
+        correction = (1 - ADAM_BETA2 ** counts[module]) ** 0.5
+        with torch.no_grad():
+            master.addcdiv_(grad, (square.sqrt() / correction).add_(ADAM_EPS), value=-lr)
+            if weight.dtype != master.dtype:
+                weight.copy_(master)
+        weight.grad = None
+
+    hooks = []
+    with tempfile.TemporaryDirectory(prefix="neft-fast-probe-") as folder:
+        parked = os.path.join(folder, "before.safetensors")
+        save_file({f"{m}.weight": w.detach().contiguous() for m, w in weights.items()}, parked)
+        try:
+            for param in model.parameters():
+                param.requires_grad_(False)
+            for module, weight in weights.items():
+                weight.requires_grad_(True)
+                masters[module] = (weight.detach() if weight.dtype == torch.float32
+                                   else weight.detach().float())
+                squares[module] = torch.zeros_like(masters[module])
+                hooks.append(weight.register_post_accumulate_grad_hook(update))
+            losses = _run_steps(model, inp, settings, "fast-probe")
+            squares.clear()  # Adam's states go before the cosine pass
+            scores = [torch.empty(0)] * len(groups)
+            for module, before in logical_matrices(parked, model, list(modules)):
+                after = masters[module].detach()
+                after = after.t() if is_conv1d(layers[module]) else after
+                for i in modules[module]:
+                    scores[i] = 1 - cosine(neuron_vectors(before, groups[i]),
+                                           neuron_vectors(after, groups[i]))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            squares.clear()
+            masters.clear()
+            if restore:
+                with torch.no_grad():
+                    for module, before in logical_matrices(parked, model, list(modules)):
+                        weight = weights[module]
+                        weight.copy_(before.t() if is_conv1d(layers[module]) else before)
+            for param, flag in zip(model.parameters(), flags, strict=True):
+                param.requires_grad_(flag)
+                param.grad = None
+            model.train(was_training)
+    settings.update(optimizer="Adam without momentum (betas 0, 0.999), candidate matrices only",
+                    schedule="constant",
+                    selects="lowest cosine after the fast probe",
+                    first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4))
+    return scores, settings
+
+
+def _run_steps(model: nn.Module, inp: ScoreInput, settings: dict[str, Any], desc: str,
+               after_backward: Any = None) -> list[float]:
+    """Forward and backward on ``steps`` seeded batches (updates, if any, happen in the
+    weights' gradient hooks); returns the losses."""
+    device = next(model.parameters()).device
+    stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
+                     device)
+    model.train()  # as the probe and training run it (dropout, if any, seeded below)
+    losses = []
+    with torch.random.fork_rng():
+        torch.manual_seed(inp.seed)
+        for _ in tqdm(range(int(settings["steps"])), desc=desc, unit="step",
+                      disable=not inp.progress):
+            loss = model(**next(stream)).loss
+            loss.backward()
+            if after_backward is not None:
+                after_backward()
+            losses.append(loss.item())
+    return losses
+
+
 def score_gradient(inp: ScoreInput) -> Scores:
     """Ours: predict how far a short Adam fine-tuning would turn each neuron, from the
     gradients of ``steps`` batches, without updating anything.
@@ -189,19 +313,14 @@ def score_gradient(inp: ScoreInput) -> Scores:
             sharded.append(module)
         else:
             hooks.append(weight.register_post_accumulate_grad_hook(partial(reduce, module)))
-    device = next(model.parameters()).device
     steps = int(settings["steps"])
-    stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
-                     device)
-    model.train()  # as the probe and training run it (dropout, if any, seeded below)
+
+    def reduce_sharded() -> None:
+        for module in sharded:
+            reduce(module, layers[module].weight)
+
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(inp.seed)
-            for _ in tqdm(range(steps), desc="gradient", unit="batch",
-                          disable=not inp.progress):
-                model(**next(stream)).loss.backward()
-                for module in sharded:
-                    reduce(module, layers[module].weight)
+        _run_steps(model, inp, settings, "gradient", reduce_sharded)
     finally:
         for hook in hooks:
             hook.remove()
