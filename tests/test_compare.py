@@ -132,6 +132,16 @@ def test_changed_settings_are_never_reused(finished_grid, tmp_path) -> None:
     assert len(outcome["states"]["changed"]) == 4  # the sweeps have their own steps
 
 
+def test_a_new_scorer_changes_only_neft_runs(finished_grid, tmp_path) -> None:
+    """The scorer decides NeFT's neurons and nothing of LoRA's runs: LoRA's are kept."""
+    root, values = copy_of(finished_grid, tmp_path)
+    changed = {**values, "train": {**values["train"], "scorer": "magnitude"}}
+    outcome = compare({**changed, "dry_run": True})
+    assert sorted(outcome["states"]["changed"]) == sorted(
+        ["cells/neft-6n-s1", "cells/neft-6n-s2", "sweep/neft-6n-lr0.001", "sweep/neft-6n-lr0.01"])
+    assert len(outcome["states"]["done"]) == 4
+
+
 def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) -> None:
     def plan(**options):
         return build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir,

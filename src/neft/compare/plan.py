@@ -253,7 +253,10 @@ def _cell_name(method: str, cell: dict[str, Any], budget_slug: str) -> str:
 
 
 def _spec_train(train: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train.items() if k not in NOT_IN_SPEC}
+    """The settings that decide a run's result; the scorer only decides NeFT's (random
+    neurons are random whatever it is), so changing it recomputes only NeFT's runs."""
+    return {k: v for k, v in train.items() if k not in NOT_IN_SPEC
+            and not (k == "scorer" and train.get("method") != "neft")}
 
 
 def _abs_if_local(path: str) -> str:
