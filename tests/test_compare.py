@@ -80,6 +80,7 @@ def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
     table = (root / "compare.md").read_text()
     assert "| neft-6n | neft | 6 neurons |" in table and "lora-r2" in table
     assert "± " in table and "Learning-rate sweep" in table
+    assert "Written " in table and "cores, torch " in table and report["machine"]["cpus"]
     assert (root / "compare.png").stat().st_size > 1000
     # sweep runs keep their logs but not their weights
     assert not list((root / "sweep").rglob("*.safetensors"))

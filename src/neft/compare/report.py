@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import statistics
+import sys
 from typing import Any
 
 from ..files import write_json
@@ -173,12 +174,25 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(plan: Plan, data: dict[str, Any]) -> str:
+def provenance() -> dict[str, Any]:
+    """When, by which command and on what machine the table was written (its runs may be
+    older: each run's own time is in its result.json)."""
+    from ..bench import machine
+
+    return {"written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["neft", *sys.argv[1:]]), "machine": machine()}
+
+
+def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
     metrics = plan.metrics
     header = ["cell", "method", "budget", "trainable params", "lr", "seeds",
               *[NAMES.get(m, m) for m in metrics], "time / run", "peak memory"]
+    box = made["machine"]
+    where = (f"{box['cpu']}, {box['cpus']} cores" + (f", {box['gpu']}" if "gpu" in box else "")
+             + f", torch {box['torch']}, Python {box['python']}")
     lines = [f"# neft compare: {plan.config.task} on "
              f"{os.path.basename(str(plan.config.data).rstrip('/'))}", "",
+             f"Written {made['written']} by `{made['command']}` on {where}.", "",
              _settings_text(plan, data), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if data["base"]:
@@ -265,14 +279,15 @@ def write_report(plan: Plan) -> str:
     markdown path. Called after every run, so a stopped grid still has its table."""
     output_dir = plan.config.output_dir
     data = collect(plan)
-    text = markdown(plan, data)
+    made = provenance()
+    text = markdown(plan, data, made)
     path = os.path.join(output_dir, MARKDOWN_FILE)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
     write_json(os.path.join(output_dir, JSON_FILE), {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": made["written"], "command": made["command"], "machine": made["machine"],
         "config": dataclasses.asdict(plan.config), "metrics": plan.metrics,
         "cells": data["rows"], "base": data["base"], "lr_sweeps": data["sweeps"],
         "runs": data["runs"]})
