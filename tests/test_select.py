@@ -319,6 +319,14 @@ def test_fast_probe_keeps_low_precision_updates_in_float32():
     assert chosen.num_neurons() == 10 and chosen.metadata["scorer"] == "fast-probe"
 
 
+@pytest.mark.parametrize("scorer", ["probe", "fast-probe"])
+def test_probes_refuse_a_sharded_model(scorer):
+    model = make_model("llama")
+    model.model.layers[0].mlp.up_proj.weight.ds_id = 7  # as DeepSpeed ZeRO-3 marks its shards
+    with pytest.raises(NeftError, match="sharded .*use scorer gradient"):
+        score_neurons(model, scorer, data=examples(), steps=1, progress=False)
+
+
 def test_probe_records_its_settings_and_restores_the_model():
     model = make_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}

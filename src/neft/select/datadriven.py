@@ -75,6 +75,13 @@ def _settings(inp: ScoreInput, defaults: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _refuse_sharded(model: nn.Module, what: str) -> None:
+    if any(is_dtensor(p) or hasattr(p, "ds_id") for p in model.parameters()):
+        raise NeftError(f"{what}, which is not done on a sharded (FSDP / ZeRO-3) model: select "
+                        "on one process before sharding (`neft select`, then --neurons), or use "
+                        "scorer gradient")
+
+
 def score_probe(inp: ScoreInput) -> Scores:
     """The paper's selection end to end: fine-tune ALL weights for ``steps`` AdamW steps
     on the task, then score 1 - cos(before, after) per neuron (lowest similarity first).
@@ -86,10 +93,7 @@ def score_probe(inp: ScoreInput) -> Scores:
     """
     settings = _settings(inp, PROBE_DEFAULTS)
     model, groups = inp.model, inp.groups
-    if any(is_dtensor(p) or hasattr(p, "ds_id") for p in model.parameters()):
-        raise NeftError("the probe fine-tunes and restores the whole model, which is not done "
-                        "on a sharded (FSDP / ZeRO-3) model: select on one process before "
-                        "sharding (`neft select`, then --neurons), or use scorer gradient")
+    _refuse_sharded(model, "the probe fine-tunes and restores the whole model")
     restore = inp.options.get("restore", True)
     modules = by_module(groups)
     originals = {m: w.detach().to(torch.float32, copy=True)
@@ -169,10 +173,7 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
     """
     settings = _settings(inp, FAST_PROBE_DEFAULTS)
     model, groups = inp.model, inp.groups
-    if any(is_dtensor(p) or hasattr(p, "ds_id") for p in model.parameters()):
-        raise NeftError("the fast probe updates whole candidate matrices, which is not done on "
-                        "a sharded (FSDP / ZeRO-3) model: select on one process before sharding "
-                        "(`neft select`, then --neurons), or use scorer gradient")
+    _refuse_sharded(model, "the fast probe updates whole candidate matrices")
     modules = by_module(groups)
     layers = dict(model.named_modules())
     weights = {m: layers[m].weight for m in modules}
