@@ -197,3 +197,16 @@ def test_merged_models_load_without_remote_code_or_pickle(tiny_model_dir, tmp_pa
     assert sorted(p.suffix for p in (tmp_path / "merged").iterdir()) == [".json", ".json",
                                                                           ".safetensors"]
     assert not [f for f in os.listdir(tmp_path / "merged") if f.endswith((".bin", ".py"))]
+
+
+def test_result_files_get_ordinary_permissions(tmp_path):
+    """Written through a private temp file, but readable like any file the user makes."""
+    import os
+
+    from neft.files import write_json
+
+    path = tmp_path / "result.json"
+    write_json(str(path), {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

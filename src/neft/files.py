@@ -20,7 +20,14 @@ def write_json(path: str, data: Any, *, allow_nan: bool = False) -> None:
             json.dump(data, handle, indent=2, ensure_ascii=False, allow_nan=allow_nan,
                       default=str)
             handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a result is not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
