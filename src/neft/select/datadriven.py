@@ -134,21 +134,14 @@ def _fine_tune(model: nn.Module, inp: ScoreInput, settings: dict[str, Any]) -> l
     optimizer = torch.optim.AdamW(params, lr=settings["learning_rate"],
                                   weight_decay=settings["weight_decay"])
     schedule = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], steps)
-    stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
-                     next(model.parameters()).device)
-    model.train()
-    losses = []
-    with torch.random.fork_rng():  # seeded dropout, the caller's RNG left alone
-        torch.manual_seed(inp.seed)
-        for _ in tqdm(range(steps), desc="probe", unit="step", disable=not inp.progress):
-            loss = model(**next(stream)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-    return losses
+
+    def step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _run_steps(model, inp, settings, "probe", step)
 
 
 def score_fast_probe(inp: ScoreInput) -> Scores:
@@ -246,8 +239,9 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
 
 def _run_steps(model: nn.Module, inp: ScoreInput, settings: dict[str, Any], desc: str,
                after_backward: Any = None) -> list[float]:
-    """Forward and backward on ``steps`` seeded batches (updates, if any, happen in the
-    weights' gradient hooks); returns the losses."""
+    """Forward and backward on ``steps`` seeded batches, then ``after_backward`` (the
+    probe's optimizer step; the fast probe's updates happen in gradient hooks); returns
+    the losses. Dropout is seeded, the caller's RNG left alone."""
     device = next(model.parameters()).device
     stream = batches(inp.examples, int(settings["batch_size"]), inp.seed, inp.pad_token_id,
                      device)
