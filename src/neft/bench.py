@@ -32,12 +32,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .config import option
 from .errors import NeftError
 from .model import NeftConfig, get_neft_model
 from .neurons import (
@@ -82,37 +83,33 @@ ADAPTER_SLACK = 1.05
 INDEX_BYTES = 8  # int64 neuron indices in the adapter file
 
 
-def _opt(help_text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass
 class BenchConfig:
     """Every option of `neft bench` (flags and YAML keys)."""
 
-    model: str = _opt(f"random-initialised shape ({', '.join(SHAPES)}) or anything "
-                      "load_model takes (smollm2-135m, a path)", "smollm2-135m-random")
-    device: str = _opt("cpu or cuda", "cpu")
-    dtype: str = _opt("dtype of the model weights: float32 or bfloat16", "float32")
-    per_device_train_batch_size: int = _opt("sequences per step", 4)
-    max_length: int = _opt("tokens per sequence", 128)
-    warmup_steps: int = _opt("steps run first and discarded", 2)
-    steps: int = _opt("timed steps; the median is reported", 5)
-    modes: str = _opt(f"comma-separated, of {', '.join(MODES)}", ",".join(DEFAULT_MODES))
-    budgets: str = _opt("budgets of the main table: lora-rR, paper-P (P of "
-                        f"{', '.join(PAPER_BUDGETS)}) or a neuron count", "lora-r8,paper-6")
-    sweep: str = _opt("budgets of the plot (empty: no sweep)",
-                      ",".join(f"paper-{p}" for p in PAPER_BUDGETS))
-    learning_rate: float = _opt("AdamW learning rate", 1e-4)
-    threads: int = _opt("torch threads (CPU)", 2)
-    gradient_checkpointing: bool = _opt("checkpoint every block, in every mode", False)
-    autocast: str | None = _opt("run forward/backward under torch.autocast in this dtype")
-    seed: int = _opt("seed of the data, the neurons and the weights", 0)
-    output_dir: str = _opt("where <name>.json, .md and .png go", "outputs/bench")
-    name: str | None = _opt("file name stem (default speed_<device>)")
-    timeout: int = _opt("seconds one mode may take before it is stopped", 1200)
-    time_budget: int | None = _opt("seconds for the whole run: modes not started by then are "
-                                   "reported as skipped, and none runs past it")
+    model: str = option(f"random-initialised shape ({', '.join(SHAPES)}) or anything "
+                        "load_model takes (smollm2-135m, a path)", "smollm2-135m-random")
+    device: str = option("cpu or cuda", "cpu")
+    dtype: str = option("dtype of the model weights: float32 or bfloat16", "float32")
+    per_device_train_batch_size: int = option("sequences per step", 4)
+    max_length: int = option("tokens per sequence", 128)
+    warmup_steps: int = option("steps run first and discarded", 2)
+    steps: int = option("timed steps; the median is reported", 5)
+    modes: str = option(f"comma-separated, of {', '.join(MODES)}", ",".join(DEFAULT_MODES))
+    budgets: str = option("budgets of the main table: lora-rR, paper-P (P of "
+                          f"{', '.join(PAPER_BUDGETS)}) or a neuron count", "lora-r8,paper-6")
+    sweep: str = option("budgets of the plot (empty: no sweep)",
+                        ",".join(f"paper-{p}" for p in PAPER_BUDGETS))
+    learning_rate: float = option("AdamW learning rate", 1e-4)
+    threads: int = option("torch threads (CPU)", 2)
+    gradient_checkpointing: bool = option("checkpoint every block, in every mode", False)
+    autocast: str | None = option("run forward/backward under torch.autocast in this dtype")
+    seed: int = option("seed of the data, the neurons and the weights", 0)
+    output_dir: str = option("where <name>.json, .md and .png go", "outputs/bench")
+    name: str | None = option("file name stem (default speed_<device>)")
+    timeout: int = option("seconds one mode may take before it is stopped", 1200)
+    time_budget: int | None = option("seconds for the whole run: modes not started by then are "
+                                     "reported as skipped, and none runs past it")
 
     def __post_init__(self) -> None:
         unknown = [m for m in _split(self.modes) if m not in MODES]

@@ -23,6 +23,11 @@ from .errors import NeftError
 T = TypeVar("T")
 
 
+def option(help_text: str, default: Any = None) -> Any:
+    """A config field: its default and the --help text of its flag."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 def _base_type(annotation: Any) -> type:
     """``int | None`` -> int; ``str`` -> str."""
     if isinstance(annotation, str):

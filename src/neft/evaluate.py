@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from .config import option
 from .data import encode_prompt, load_records, render_example, resolve_template
 from .errors import NeftError
 from .files import write_json
@@ -348,40 +349,36 @@ def load_for_eval(
 # ----------------------------------------------------------------------------- command
 
 
-def _opt(help_text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass
 class EvalConfig:
     """Every option of `neft eval` (flags and YAML keys)."""
 
-    model: str | None = _opt("model name or path; with --adapter its base (default: the "
-                             "base the adapter recorded, else smollm2-135m)")
-    adapter: str | None = _opt("neft or PEFT (LoRA) adapter folder, e.g. a `neft train` "
-                               "output_dir")
-    data: str | None = _opt("test data: JSONL/CSV/TSV/Parquet file, folder or hub dataset")
-    split: str | None = _opt("split of a folder or hub dataset", "test")
-    task: str = _opt("translation, summarization, instruction or completion", "translation")
-    template: str = _opt("prompt template as in training: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = _opt("source language code (else each record's src_lang)")
-    target_lang: str | None = _opt("target language code (else each record's tgt_lang); "
-                                   "also picks the BLEU tokenizer")
-    source_field: str | None = _opt("record field holding the source text")
-    target_field: str | None = _opt("record field holding the reference text")
-    max_samples: int | None = _opt("evaluate the first N records")
-    batch_size: int = _opt("prompts generated together", 16)
-    max_new_tokens: int = _opt("longest answer in tokens", 256)
-    no_repeat_ngram_size: int = _opt("ban repeated n-grams of this size (the paper: 4; 0 off)",
-                                     0)
-    stop_at_newline: bool | None = _opt("end answers at their first line break (default: "
-                                        "when no reference has one)")
-    metrics: str | None = _opt("comma-separated: bleu, chrf, rouge, placeholders, comet "
-                               "(default: bleu,chrf,rouge + placeholders when present)")
-    comet_model: str | None = _opt("local COMET checkpoint (folder or model.ckpt) for comet")
-    output_file: str | None = _opt("write hypotheses and scores here as JSON")
-    dtype: str | None = _opt("model dtype: float32, bfloat16, float16 or auto")
-    trust_remote_code: bool = _opt("allow model code from the hub (off for safety)", False)
+    model: str | None = option("model name or path; with --adapter its base (default: the "
+                               "base the adapter recorded, else smollm2-135m)")
+    adapter: str | None = option("neft or PEFT (LoRA) adapter folder, e.g. a `neft train` "
+                                 "output_dir")
+    data: str | None = option("test data: JSONL/CSV/TSV/Parquet file, folder or hub dataset")
+    split: str | None = option("split of a folder or hub dataset", "test")
+    task: str = option("translation, summarization, instruction or completion", "translation")
+    template: str = option("prompt template as in training: auto, chat, plain or llama2", "auto")
+    source_lang: str | None = option("source language code (else each record's src_lang)")
+    target_lang: str | None = option("target language code (else each record's tgt_lang); "
+                                     "also picks the BLEU tokenizer")
+    source_field: str | None = option("record field holding the source text")
+    target_field: str | None = option("record field holding the reference text")
+    max_samples: int | None = option("evaluate the first N records")
+    batch_size: int = option("prompts generated together", 16)
+    max_new_tokens: int = option("longest answer in tokens", 256)
+    no_repeat_ngram_size: int = option("ban repeated n-grams of this size (the paper: 4; 0 off)",
+                                       0)
+    stop_at_newline: bool | None = option("end answers at their first line break (default: "
+                                          "when no reference has one)")
+    metrics: str | None = option("comma-separated: bleu, chrf, rouge, placeholders, comet "
+                                 "(default: bleu,chrf,rouge + placeholders when present)")
+    comet_model: str | None = option("local COMET checkpoint (folder or model.ckpt) for comet")
+    output_file: str | None = option("write hypotheses and scores here as JSON")
+    dtype: str | None = option("model dtype: float32, bfloat16, float16 or auto")
+    trust_remote_code: bool = option("allow model code from the hub (off for safety)", False)
 
     def __post_init__(self) -> None:
         if not self.data:

@@ -19,13 +19,14 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from .config import option
 from .data import (
     FILE_FORMATS,
     DataCollator,
@@ -49,75 +50,71 @@ RESUME_FREE = ("resume", "overwrite", "max_steps", "num_train_epochs", "save_ste
                "eval_steps", "logging_steps")
 
 
-def _opt(help_text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass
 class TrainConfig:
     """Every option of `neft train` (flags and YAML keys)."""
 
-    model: str = _opt("model name or path; smollm2-135m is the embedded default",
-                      "smollm2-135m")
-    method: str = _opt(f"one of {', '.join(METHODS)}", "neft")
-    train_file: str | None = _opt("training data: JSONL/CSV/TSV/Parquet file, folder or "
-                                  "hub dataset")
-    eval_file: str | None = _opt("dev data for evaluation loss and best-checkpoint choice")
-    train_split: str | None = _opt("split of a folder or hub dataset", "train")
-    eval_split: str | None = _opt("split of a folder or hub dataset", "dev")
-    output_dir: str = _opt("where the adapter / model, log and plot go", "outputs/run")
-    task: str = _opt("translation, summarization, instruction or completion", "translation")
-    template: str = _opt("prompt template: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = _opt("source language code (else each record's src_lang)")
-    target_lang: str | None = _opt("target language code (else each record's tgt_lang)")
-    source_field: str | None = _opt("record field holding the source text")
-    target_field: str | None = _opt("record field holding the target text")
-    max_train_samples: int | None = _opt("use the first N training records")
-    max_eval_samples: int | None = _opt("use the first N dev records", 200)
-    max_length: int = _opt("tokens per example (prompt is cut first, never the target)", 256)
+    model: str = option("model name or path; smollm2-135m is the embedded default",
+                        "smollm2-135m")
+    method: str = option(f"one of {', '.join(METHODS)}", "neft")
+    train_file: str | None = option("training data: JSONL/CSV/TSV/Parquet file, folder or "
+                                    "hub dataset")
+    eval_file: str | None = option("dev data for evaluation loss and best-checkpoint choice")
+    train_split: str | None = option("split of a folder or hub dataset", "train")
+    eval_split: str | None = option("split of a folder or hub dataset", "dev")
+    output_dir: str = option("where the adapter / model, log and plot go", "outputs/run")
+    task: str = option("translation, summarization, instruction or completion", "translation")
+    template: str = option("prompt template: auto, chat, plain or llama2", "auto")
+    source_lang: str | None = option("source language code (else each record's src_lang)")
+    target_lang: str | None = option("target language code (else each record's tgt_lang)")
+    source_field: str | None = option("record field holding the source text")
+    target_field: str | None = option("record field holding the target text")
+    max_train_samples: int | None = option("use the first N training records")
+    max_eval_samples: int | None = option("use the first N dev records", 200)
+    max_length: int = option("tokens per example (prompt is cut first, never the target)", 256)
     # neurons
-    neurons: str | None = _opt("NeuronSet file (from `neft select`) for method neft")
-    scorer: str = _opt("scorer when selecting on the fly (no --neurons)", "fast-probe")
-    match_lora: int | None = _opt("budget: parameters of LoRA rank R on all linear layers", 8)
-    num_neurons: int | None = _opt("budget: this many neurons")
-    percent: float | None = _opt("budget: % of all model parameters (the paper's unit)")
-    neft_mode: str = _opt("compact (small deltas) or mask (the paper's gradient masking)",
-                          "compact")
+    neurons: str | None = option("NeuronSet file (from `neft select`) for method neft")
+    scorer: str = option("scorer when selecting on the fly (no --neurons)", "fast-probe")
+    match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
+    num_neurons: int | None = option("budget: this many neurons")
+    percent: float | None = option("budget: % of all model parameters (the paper's unit)")
+    neft_mode: str = option("compact (small deltas) or mask (the paper's gradient masking)",
+                            "compact")
     # lora
-    lora_r: int = _opt("LoRA rank", 8)
-    lora_alpha: int = _opt("LoRA alpha (the paper: 16)", 16)
-    lora_dropout: float = _opt("LoRA dropout (the paper: 0)", 0.0)
-    lora_target_modules: str = _opt("comma-separated module names or all-linear",
-                                    "all-linear")
+    lora_r: int = option("LoRA rank", 8)
+    lora_alpha: int = option("LoRA alpha (the paper: 16)", 16)
+    lora_dropout: float = option("LoRA dropout (the paper: 0)", 0.0)
+    lora_target_modules: str = option("comma-separated module names or all-linear",
+                                      "all-linear")
     # optimisation (Trainer names)
-    learning_rate: float = _opt("peak learning rate", 5e-4)
-    lr_scheduler_type: str = _opt("Trainer scheduler name", "linear")
-    warmup_steps: float = _opt("linear warm-up: steps, or a share of all steps when < 1", 0.0)
-    weight_decay: float = _opt("AdamW weight decay", 0.0)
-    max_grad_norm: float = _opt("gradient clipping norm", 1.0)
-    per_device_train_batch_size: int = _opt("batch size per device", 8)
-    per_device_eval_batch_size: int = _opt("eval batch size per device", 16)
-    gradient_accumulation_steps: int = _opt("micro-batches per optimizer step", 1)
-    max_steps: int = _opt("optimizer steps (overrides epochs when > 0)", -1)
-    num_train_epochs: float = _opt("epochs when max_steps <= 0", 1.0)
-    seed: int = _opt("random seed (the paper: 1234)", 1234)
-    logging_steps: int = _opt("log the loss every N steps", 10)
-    eval_steps: int | None = _opt("evaluate (and checkpoint) every N steps", 50)
-    save_steps: int | None = _opt("checkpoint every N steps (default: eval_steps)")
-    save_total_limit: int | None = _opt("keep at most N checkpoints (best kept too)", 2)
-    bf16: str = _opt("auto (on GPUs that support it), true or false", "auto")
-    gradient_checkpointing: bool = _opt("recompute activations to save memory", False)
-    resume: bool = _opt("continue from the last checkpoint in output_dir", False)
-    overwrite: bool = _opt("replace an earlier run in output_dir", False)
-    report_to: str = _opt("Trainer loggers (none, tensorboard, wandb, ...)", "none")
+    learning_rate: float = option("peak learning rate", 5e-4)
+    lr_scheduler_type: str = option("Trainer scheduler name", "linear")
+    warmup_steps: float = option("linear warm-up: steps, or a share of all steps when < 1", 0.0)
+    weight_decay: float = option("AdamW weight decay", 0.0)
+    max_grad_norm: float = option("gradient clipping norm", 1.0)
+    per_device_train_batch_size: int = option("batch size per device", 8)
+    per_device_eval_batch_size: int = option("eval batch size per device", 16)
+    gradient_accumulation_steps: int = option("micro-batches per optimizer step", 1)
+    max_steps: int = option("optimizer steps (overrides epochs when > 0)", -1)
+    num_train_epochs: float = option("epochs when max_steps <= 0", 1.0)
+    seed: int = option("random seed (the paper: 1234)", 1234)
+    logging_steps: int = option("log the loss every N steps", 10)
+    eval_steps: int | None = option("evaluate (and checkpoint) every N steps", 50)
+    save_steps: int | None = option("checkpoint every N steps (default: eval_steps)")
+    save_total_limit: int | None = option("keep at most N checkpoints (best kept too)", 2)
+    bf16: str = option("auto (on GPUs that support it), true or false", "auto")
+    gradient_checkpointing: bool = option("recompute activations to save memory", False)
+    resume: bool = option("continue from the last checkpoint in output_dir", False)
+    overwrite: bool = option("replace an earlier run in output_dir", False)
+    report_to: str = option("Trainer loggers (none, tensorboard, wandb, ...)", "none")
     # scaling out (Trainer names; launch with torchrun or accelerate launch)
-    fsdp: str | None = _opt("shard the model with FSDP (Trainer's option): true or e.g. "
-                            "'full_shard auto_wrap'")
-    fsdp_config: str | None = _opt("FSDP settings: a JSON file, as Trainer's fsdp_config "
-                                   "(examples/fsdp/fsdp2.json)")
-    deepspeed: str | None = _opt("DeepSpeed config JSON (examples/deepspeed/zero2.json, "
-                                 "zero3.json); needs pip install 'neft[deepspeed]'")
-    trust_remote_code: bool = _opt("allow model code from the hub (off for safety)", False)
+    fsdp: str | None = option("shard the model with FSDP (Trainer's option): true or e.g. "
+                              "'full_shard auto_wrap'")
+    fsdp_config: str | None = option("FSDP settings: a JSON file, as Trainer's fsdp_config "
+                                     "(examples/fsdp/fsdp2.json)")
+    deepspeed: str | None = option("DeepSpeed config JSON (examples/deepspeed/zero2.json, "
+                                   "zero3.json); needs pip install 'neft[deepspeed]'")
+    trust_remote_code: bool = option("allow model code from the hub (off for safety)", False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

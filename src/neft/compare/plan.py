@@ -14,10 +14,10 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import from_dict
+from ..config import from_dict, option
 from ..errors import NeftError
 from ..train import METHODS, TrainConfig
 
@@ -45,46 +45,42 @@ NOT_IN_SPEC = ("output_dir", "resume", "overwrite", "logging_steps", "report_to"
 DEFAULT_METRICS = {"translation": "bleu,chrf", "summarization": "rouge"}
 
 
-def _opt(help_text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass
 class CompareConfig:
     """Every option of `neft compare` (YAML keys; the scalar ones are also flags)."""
 
-    output_dir: str = _opt("where runs, the table, JSON and plot go", "outputs/compare")
-    model: str = _opt("model name or path; smollm2-135m is the embedded default",
-                      "smollm2-135m")
-    data: str | None = _opt("task data: a folder of train/dev/test files or a hub dataset")
-    task: str = _opt("translation, summarization, instruction or completion", "translation")
-    template: str = _opt("prompt template: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = _opt("source language code (else each record's src_lang)")
-    target_lang: str | None = _opt("target language code (else each record's tgt_lang)")
-    source_field: str | None = _opt("record field holding the source text")
-    target_field: str | None = _opt("record field holding the target text")
-    train_split: str = _opt("split to train on", "train")
-    dev_split: str = _opt("split for dev loss: best checkpoint and the lr sweep", "dev")
-    test_split: str = _opt("split that is scored (never used to choose anything)", "test")
-    max_train_samples: int | None = _opt("train on the first N training records")
-    max_dev_samples: int | None = _opt("use the first N dev records", 200)
-    max_test_samples: int | None = _opt("score the first N test records")
-    seeds: list | None = _opt("seeds every cell runs with (a cell may give its own seeds:)")
-    train: dict | None = _opt("`neft train` options shared by every run (YAML only)")
-    eval: dict | None = _opt(f"generation and scoring options: {', '.join(EVAL_KEYS)} "
-                             "(YAML only)")
-    lr_sweep: dict | None = _opt("values: [lr, ...] or {method: [lr, ...]}, steps: N, per: "
-                                 "cell|method; lowest dev loss wins (YAML only)")
-    methods: list | None = _opt("the cells: a list of `neft train` options such as "
-                                "{method: neft, match_lora: 8} (YAML only)")
-    include_base: bool = _opt("also score the untrained model (no training, one run)", False)
-    plot_metric: str | None = _opt("score on the plot's y axis (default: every table metric)")
-    isolate: bool = _opt("run each run in its own process (own peak memory; a crash "
-                         "stops only that run)", True)
-    keep_checkpoints: bool = _opt("keep Trainer checkpoints of finished runs (large)", False)
-    recompute_changed: bool = _opt("recompute finished runs whose settings changed (else "
-                                   "that is an error)", False)
-    dry_run: bool = _opt("print the plan and which runs are done, run nothing", False)
+    output_dir: str = option("where runs, the table, JSON and plot go", "outputs/compare")
+    model: str = option("model name or path; smollm2-135m is the embedded default",
+                        "smollm2-135m")
+    data: str | None = option("task data: a folder of train/dev/test files or a hub dataset")
+    task: str = option("translation, summarization, instruction or completion", "translation")
+    template: str = option("prompt template: auto, chat, plain or llama2", "auto")
+    source_lang: str | None = option("source language code (else each record's src_lang)")
+    target_lang: str | None = option("target language code (else each record's tgt_lang)")
+    source_field: str | None = option("record field holding the source text")
+    target_field: str | None = option("record field holding the target text")
+    train_split: str = option("split to train on", "train")
+    dev_split: str = option("split for dev loss: best checkpoint and the lr sweep", "dev")
+    test_split: str = option("split that is scored (never used to choose anything)", "test")
+    max_train_samples: int | None = option("train on the first N training records")
+    max_dev_samples: int | None = option("use the first N dev records", 200)
+    max_test_samples: int | None = option("score the first N test records")
+    seeds: list | None = option("seeds every cell runs with (a cell may give its own seeds:)")
+    train: dict | None = option("`neft train` options shared by every run (YAML only)")
+    eval: dict | None = option(f"generation and scoring options: {', '.join(EVAL_KEYS)} "
+                               "(YAML only)")
+    lr_sweep: dict | None = option("values: [lr, ...] or {method: [lr, ...]}, steps: N, per: "
+                                   "cell|method; lowest dev loss wins (YAML only)")
+    methods: list | None = option("the cells: a list of `neft train` options such as "
+                                  "{method: neft, match_lora: 8} (YAML only)")
+    include_base: bool = option("also score the untrained model (no training, one run)", False)
+    plot_metric: str | None = option("score on the plot's y axis (default: every table metric)")
+    isolate: bool = option("run each run in its own process (own peak memory; a crash "
+                           "stops only that run)", True)
+    keep_checkpoints: bool = option("keep Trainer checkpoints of finished runs (large)", False)
+    recompute_changed: bool = option("recompute finished runs whose settings changed (else "
+                                     "that is an error)", False)
+    dry_run: bool = option("print the plan and which runs are done, run nothing", False)
 
     def __post_init__(self) -> None:
         if not self.data:
