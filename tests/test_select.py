@@ -319,6 +319,32 @@ def test_fast_probe_keeps_low_precision_updates_in_float32():
     assert chosen.num_neurons() == 10 and chosen.metadata["scorer"] == "fast-probe"
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fast_probe_puts_the_model_back_when_interrupted(arch):
+    """Ctrl-C in the middle of the steps: the matrices already updated are restored from
+    the parked copy, bit for bit, and no hook or gradient is left behind."""
+    model = make_model(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = 0
+
+    def interrupt(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first step has updated every candidate matrix
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        score_neurons(model, "fast-probe", data=examples(), steps=3, learning_rate=1e-2,
+                      batch_size=4, progress=False)
+    handle.remove()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    model(**{"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[1, 2, 3]])}
+          ).loss.backward()  # no update hook fires any more
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("scorer", ["probe", "fast-probe"])
 def test_probes_refuse_a_sharded_model(scorer):
     model = make_model("llama")

@@ -194,6 +194,13 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
                 weight.copy_(master)
         weight.grad = None
 
+    restored: set[str] = set()
+
+    def put_back(module: str, before: torch.Tensor) -> None:
+        with torch.no_grad():
+            weights[module].copy_(before.t() if is_conv1d(layers[module]) else before)
+        restored.add(module)
+
     hooks = []
     with tempfile.TemporaryDirectory(prefix="neft-fast-probe-") as folder:
         parked = os.path.join(folder, "before.safetensors")
@@ -216,16 +223,17 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
                 for i in modules[module]:
                     scores[i] = 1 - cosine(neuron_vectors(before, groups[i]),
                                            neuron_vectors(after, groups[i]))
+                if restore:  # while the matrix is read anyway; `after` may share its storage
+                    put_back(module, before)
         finally:
             for hook in hooks:
                 hook.remove()
             squares.clear()
             masters.clear()
-            if restore:
-                with torch.no_grad():
-                    for module, before in logical_matrices(parked, model, list(modules)):
-                        weight = weights[module]
-                        weight.copy_(before.t() if is_conv1d(layers[module]) else before)
+            if restore and len(restored) < len(modules):  # stopped before the cosine pass ended
+                left = [m for m in modules if m not in restored]
+                for module, before in logical_matrices(parked, model, left):
+                    put_back(module, before)
             for param, flag in zip(model.parameters(), flags, strict=True):
                 param.requires_grad_(flag)
                 param.grad = None
