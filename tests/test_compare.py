@@ -69,6 +69,11 @@ def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
             assert len(cell["scores"][metric]["per_seed"]) == 2
             assert cell["scores"][metric]["std"] is not None
         assert cell["peak_memory_mb"] > 0 and cell["seconds_per_run"] > 0
+        # the kept checkpoint's dev loss, per seed, as the run recorded it
+        for seed, loss in cell["dev_loss"]["per_seed"].items():
+            result = json.loads((root / f"cells/{cell['cell']}-s{seed}/result.json").read_text())
+            assert loss == result["dev_loss"] > 0
+        assert cell["dev_loss"]["n"] == 2
     assert cells["neft-6n"]["trainable_parameters"] == 6 * 16
     # every run records its lr; cells record the lr their sweep chose
     for seed in (1, 2):
@@ -79,7 +84,7 @@ def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
     assert len(list((root / "neurons").glob("neft-6n-s*.safetensors"))) == 2
     table = (root / "compare.md").read_text()
     assert "| neft-6n | neft | 6 neurons |" in table and "lora-r2" in table
-    assert "± " in table and "Learning-rate sweep" in table
+    assert "± " in table and "Learning-rate sweep" in table and "| dev loss |" in table
     assert "Written " in table and "cores, torch " in table and report["machine"]["cpus"]
     assert (root / "compare.png").stat().st_size > 1000
     # sweep runs keep their logs but not their weights

@@ -99,6 +99,8 @@ def collect(plan: Plan) -> dict[str, Any]:
             per_seed = {seed: res["scores"].get(metric) for seed, res in done.items()
                         if res.get("scores", {}).get(metric) is not None}
             scores[metric] = {"per_seed": per_seed, **_stats(list(per_seed.values()))}
+        losses = {seed: res["dev_loss"] for seed, res in done.items()
+                  if res.get("dev_loss") is not None}
         times = [(res.get("selection_seconds") or 0) + (res["train"].get("wall_seconds") or 0)
                  + (res.get("eval_seconds") or 0) for res in done.values()]
         total = first.get("total_parameters")
@@ -113,6 +115,7 @@ def collect(plan: Plan) -> dict[str, Any]:
             "learning_rate": first.get("learning_rate"), "lr_source": cell.lr_source,
             "lr_sweep": _sweep(plan, cell.sweep.cell) if cell.sweep else None,
             "seeds": cell.seeds, "seeds_done": sorted(done), "scores": scores,
+            "dev_loss": {"per_seed": losses, **_stats(list(losses.values()))},
             "seconds_per_run": statistics.fmean(times) if times else None,
             "selection_seconds": first.get("selection_seconds"),
             "peak_memory_mb": max((r.get("peak_memory_mb") or 0 for r in done.values()),
@@ -124,13 +127,13 @@ def collect(plan: Plan) -> dict[str, Any]:
     return {"rows": rows, "base": base, "sweeps": sweeps, "runs": runs}
 
 
-def _score_text(entry: dict[str, Any]) -> str:
+def _score_text(entry: dict[str, Any], digits: int = 2) -> str:
     if not entry["n"]:
         return "-"
-    text = f"{entry['mean']:.2f}"
+    text = f"{entry['mean']:.{digits}f}"
     if entry["n"] > 1:
-        seeds = ", ".join(f"{v:.2f}" for v in entry["per_seed"].values())
-        text += f" ± {entry['std']:.2f} ({seeds})"
+        seeds = ", ".join(f"{v:.{digits}f}" for v in entry["per_seed"].values())
+        text += f" ± {entry['std']:.{digits}f} ({seeds})"
     return text
 
 
@@ -185,7 +188,7 @@ def provenance() -> dict[str, Any]:
 
 def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
     metrics = plan.metrics
-    header = ["cell", "method", "budget", "trainable params", "lr", "seeds",
+    header = ["cell", "method", "budget", "trainable params", "lr", "seeds", "dev loss",
               *[NAMES.get(m, m) for m in metrics], "time / run", "peak memory"]
     box = made["machine"]
     where = (f"{box['cpu']}, {box['cpus']} cores" + (f", {box['gpu']}" if "gpu" in box else "")
@@ -198,7 +201,7 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
     if data["base"]:
         scores = data["base"]["scores"]
         values = [f"{scores[m]:.2f}" if scores.get(m) is not None else "-" for m in metrics]
-        lines.append("| base | - | - | 0 | - | - | " + " | ".join(values)
+        lines.append("| base | - | - | 0 | - | - | - | " + " | ".join(values)
                      + f" | {_duration(data['base']['eval_seconds'])} | "
                      f"{data['base']['peak_memory_mb'] or 0:,.0f} MB |")
     for row in data["rows"]:
@@ -211,13 +214,15 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
         seeds = f"{len(row['seeds_done'])}/{len(row['seeds'])}"
         memory = f"{row['peak_memory_mb']:,.0f} MB" if row["peak_memory_mb"] else "-"
         lines.append("| " + " | ".join([row["cell"], row["method"], row["budget"], params, lr,
-                                        seeds, *[_score_text(row["scores"][m]) for m in metrics],
+                                        seeds, _score_text(row["dev_loss"], 3),
+                                        *[_score_text(row["scores"][m]) for m in metrics],
                                         _duration(row["seconds_per_run"]), memory]) + " |")
     scope = next((r["memory_scope"] for r in data["rows"] if r["memory_scope"]), None)
-    lines += ["", "Scores: mean ± sample standard deviation over seeds, per-seed values in "
-              "brackets. Time / run: neuron selection + training + test generation, mean over "
-              f"seeds. Peak memory: {scope or 'per run'}, max over seeds (it includes NeFT's "
-              "neuron selection in the run that made it)."]
+    lines += ["", "Scores and dev loss: mean ± sample standard deviation over seeds, per-seed "
+              "values in brackets. Dev loss: the kept checkpoint's (the lowest of the run's dev "
+              "evaluations, which choose it). Time / run: neuron selection + training + test "
+              f"generation, mean over seeds. Peak memory: {scope or 'per run'}, max over seeds "
+              "(it includes NeFT's neuron selection in the run that made it)."]
     sweeps = {k: v for k, v in data["sweeps"].items() if v}
     if sweeps:
         lines += ["", "## Learning-rate sweep (dev loss)", "", "| swept on | used by | dev loss "
