@@ -148,6 +148,31 @@ def test_a_new_scorer_changes_only_neft_runs(finished_grid, tmp_path) -> None:
     assert len(outcome["states"]["done"]) == 4
 
 
+def test_a_cell_can_have_its_own_sweep(tiny_model_dir, toy_data_dir, tmp_path) -> None:
+    """per: method shares the first cell's lr; own_sweep: true sweeps a cell by itself, or
+    own_sweep: [values] with its own values (a LoRA rank whose best lr differs)."""
+    plan = build_plan(from_dict(CompareConfig, grid(
+        tiny_model_dir, toy_data_dir, tmp_path, lr_sweep={"values": [1e-3, 1e-2], "per": "method"},
+        methods=[{"method": "lora", "lora_r": 2}, {"method": "lora", "lora_r": 4},
+                 {"method": "lora", "lora_r": 8, "own_sweep": True},
+                 {"method": "lora", "lora_r": 16, "own_sweep": [2e-2, 4e-2]},
+                 {"method": "lora", "lora_r": 32}])))
+    owners = {cell.name: cell.sweep.cell for cell in plan.cells}
+    assert owners == {"lora-r2": "lora-r2", "lora-r4": "lora-r2", "lora-r8": "lora-r8",
+                      "lora-r16": "lora-r16", "lora-r32": "lora-r2"}
+    assert [r.learning_rate for r in plan.sweeps["lora-r8"]] == [1e-3, 1e-2]
+    assert [r.learning_rate for r in plan.sweeps["lora-r16"]] == [2e-2, 4e-2]
+    assert sorted(plan.sweeps) == ["lora-r16", "lora-r2", "lora-r8"]
+    with pytest.raises(NeftError, match="own_sweep must be true, false or a list"):
+        build_plan(from_dict(CompareConfig, grid(
+            tiny_model_dir, toy_data_dir, tmp_path,
+            methods=[{"method": "lora", "own_sweep": "yes"}])))
+    with pytest.raises(NeftError, match="own_sweep needs an lr_sweep"):
+        build_plan(from_dict(CompareConfig, grid(
+            tiny_model_dir, toy_data_dir, tmp_path,
+            methods=[{"method": "lora", "own_sweep": True, "learning_rate": 1e-3}])))
+
+
 def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) -> None:
     def plan(**options):
         return build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir,

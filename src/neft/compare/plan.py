@@ -38,7 +38,7 @@ OWNED_TRAIN = {
 EVAL_KEYS = ("batch_size", "max_new_tokens", "no_repeat_ngram_size", "stop_at_newline",
              "metrics", "comet_model", "dtype")
 SWEEP_KEYS = ("values", "steps", "per")
-CELL_EXTRA_KEYS = ("name", "seeds")
+CELL_EXTRA_KEYS = ("name", "seeds", "own_sweep")
 # Options that change no result: left out of a run's spec.
 NOT_IN_SPEC = ("output_dir", "resume", "overwrite", "logging_steps", "report_to",
                "save_total_limit")
@@ -116,6 +116,8 @@ class Cell:
     budget: str  # for the table: "= LoRA r8", "3%", "r8", "all"
     lr_source: str  # "sweep", "given" or "default"
     sweep: Sweep | None = None
+    own_sweep: bool | list[float] = False  # swept on its own (with these values) even when
+    # lr_sweep.per is method
 
 
 @dataclass
@@ -318,14 +320,23 @@ def build_plan(config: CompareConfig) -> Plan:
             raise NeftError(f"{where}: name {name!r} must not contain '/' or start with '.'")
         given = "learning_rate" in raw or "learning_rate" in shared
         source = "given" if given else ("sweep" if sweep else "default")  # default: 5e-4
+        own_sweep = raw.get("own_sweep", False)
+        if isinstance(own_sweep, list):
+            own_sweep = _floats(own_sweep, f"{where}.own_sweep")
+        elif not isinstance(own_sweep, bool):
+            raise NeftError(f"{where}: own_sweep must be true, false or a list of learning "
+                            f"rates, not {own_sweep!r}")
+        if own_sweep and source != "sweep":
+            raise NeftError(f"{where}: own_sweep needs an lr_sweep and no learning_rate for "
+                            "this cell; drop one of them")
         cells.append(Cell(name, method, train, _ints(raw.get("seeds", seeds), f"{where}.seeds"),
-                          label, source))
+                          label, source, own_sweep=own_sweep))
 
     swept_by_method: dict[str, Cell] = {}
     for cell in cells:
         if cell.lr_source != "sweep":
             continue
-        values = sweep.get("values")
+        values = cell.own_sweep if isinstance(cell.own_sweep, list) else sweep.get("values")
         if isinstance(values, dict):
             unknown = [m for m in values if m not in METHODS]
             if unknown:
@@ -337,10 +348,12 @@ def build_plan(config: CompareConfig) -> Plan:
                                 "[...] or give the cell a learning_rate")
             values = values[cell.method]
         values = _floats(values, "lr_sweep.values")
-        owner = swept_by_method.get(cell.method) if per == "method" else None
+        owner = (swept_by_method.get(cell.method)
+                 if per == "method" and not cell.own_sweep else None)
         if owner is None:
             owner = cell
-            swept_by_method[cell.method] = cell
+            if not cell.own_sweep:
+                swept_by_method.setdefault(cell.method, cell)
         cell.sweep = Sweep(owner.name, values, steps, owner.seeds[0])
         cell.train.pop("learning_rate")
 
