@@ -138,6 +138,32 @@ def test_changed_settings_are_never_reused(finished_grid, tmp_path) -> None:
     assert len(outcome["states"]["changed"]) == 4  # the sweeps have their own steps
 
 
+def test_recomputing_a_new_decoding_keeps_the_trainings(finished_grid, tmp_path) -> None:
+    """Only the scoring changed: --recompute_changed scores the cells again with the new
+    decoding and reuses their finished trainings; a changed training is trained again."""
+    root, values = copy_of(finished_grid, tmp_path)
+    trained_at = {p.parent.parent.name: p.stat().st_mtime_ns
+                  for p in root.glob("cells/*/train/training_log.json")}
+    sweeps_before = {k: v for k, v in result_mtimes(root).items() if k.startswith("sweep")}
+    changed = {**values, "eval": {**values["eval"], "no_repeat_ngram_size": 4}}
+    with pytest.raises(NeftError, match="recompute_changed"):
+        compare(changed)
+    outcome = compare({**changed, "recompute_changed": True})
+    assert sorted(outcome["ran"]) == sorted(f"cells/{c}-s{s}" for c in ("neft-6n", "lora-r2")
+                                            for s in (1, 2))
+    for cell, when in trained_at.items():
+        result = json.loads((root / "cells" / cell / "result.json").read_text())
+        assert result["training"] == "reused"
+        assert result["spec"]["eval"]["no_repeat_ngram_size"] == 4
+        assert (root / "cells" / cell / "train/training_log.json").stat().st_mtime_ns == when
+    assert {k: v for k, v in result_mtimes(root).items() if k.startswith("sweep")} == sweeps_before
+
+    longer = {**changed, "train": {**values["train"], "max_steps": 3}, "recompute_changed": True}
+    outcome = compare(longer)
+    result = json.loads((root / "cells/lora-r2-s1/result.json").read_text())
+    assert result["training"] == "trained" and result["spec"]["train"]["max_steps"] == 3
+
+
 def test_a_new_scorer_changes_only_neft_runs(finished_grid, tmp_path) -> None:
     """The scorer decides NeFT's neurons and nothing of LoRA's runs: LoRA's are kept."""
     root, values = copy_of(finished_grid, tmp_path)

@@ -30,6 +30,7 @@ from .worker import JOB_FILE, LOG_FILE, RESULT_FILE, read_json, run_job
 
 LOCK_FILE = "compare.lock"
 PROGRESS_FILE = "compare.log"
+TRAIN_FOLDER = "train"  # a run folder's training output, kept when only scoring changes
 
 
 # ----------------------------------------------------------------------------- state
@@ -225,7 +226,7 @@ def _job(plan: Plan, run: Run) -> dict[str, Any]:
         return job
     cell = plan.cell(run.cell)
     train = {**cell.train, **run.spec["train"], "learning_rate": run.learning_rate,
-             "output_dir": os.path.join(run.folder, "train")}
+             "output_dir": os.path.join(run.folder, TRAIN_FOLDER)}
     job["eval"]["trust_remote_code"] = train["trust_remote_code"]
     if cell.method == "neft" and not cell.train.get("neurons"):
         job["neurons"] = os.path.join("neurons", f"{cell.name}-s{train['seed']}-"
@@ -267,12 +268,26 @@ def run_compare(plan: Plan) -> dict[str, Any]:
         return dry_run(plan, {r.folder for r, _ in changed})
     with grid_lock(config.output_dir) as lock_fd:
         for run, _ in changed:
-            shutil.rmtree(os.path.join(config.output_dir, run.folder))
+            clear_for_recompute(os.path.join(config.output_dir, run.folder))
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return Grid(plan, lock_fd).run()
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def clear_for_recompute(folder: str) -> None:
+    """Remove a changed run's results but keep its training folder: the worker reuses a
+    training whose settings are unchanged (e.g. only decoding changed) and replaces it
+    otherwise."""
+    for name in os.listdir(folder):
+        if name == TRAIN_FOLDER:
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 class Grid:
