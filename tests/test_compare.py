@@ -74,6 +74,7 @@ def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
             result = json.loads((root / f"cells/{cell['cell']}-s{seed}/result.json").read_text())
             assert loss == result["dev_loss"] > 0
         assert cell["dev_loss"]["n"] == 2
+        assert all(0 <= n <= 4 for n in cell["at_token_cap"].values())
     assert cells["neft-6n"]["trainable_parameters"] == 6 * 16
     # every run records its lr; cells record the lr their sweep chose
     for seed in (1, 2):
@@ -85,6 +86,7 @@ def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
     table = (root / "compare.md").read_text()
     assert "| neft-6n | neft | 6 neurons |" in table and "lora-r2" in table
     assert "± " in table and "Learning-rate sweep" in table and "| dev loss |" in table
+    assert " of 4 |" in table  # answers at the token cap, of the 4 test records
     assert "Written " in table and "cores, torch " in table and report["machine"]["cpus"]
     assert (root / "compare.png").stat().st_size > 1000
     # sweep runs keep their logs but not their weights

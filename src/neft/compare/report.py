@@ -89,7 +89,8 @@ def collect(plan: Plan) -> dict[str, Any]:
                                                   if k != "spec"}})
         if run.kind == "base" and result is not None:
             base = {"scores": result.get("scores", {}), "eval_seconds": result.get("eval_seconds"),
-                    "peak_memory_mb": result.get("peak_memory_mb")}
+                    "peak_memory_mb": result.get("peak_memory_mb"),
+                    "at_token_cap": _at_cap(result)}
     for cell in plan.cells:
         cell_runs = [r for r in plan.runs if r.kind == "cell" and r.cell == cell.name]
         done = {r.seed: res for r in cell_runs if (res := _current(plan, r)) is not None}
@@ -116,6 +117,7 @@ def collect(plan: Plan) -> dict[str, Any]:
             "lr_sweep": _sweep(plan, cell.sweep.cell) if cell.sweep else None,
             "seeds": cell.seeds, "seeds_done": sorted(done), "scores": scores,
             "dev_loss": {"per_seed": losses, **_stats(list(losses.values()))},
+            "at_token_cap": {seed: _at_cap(res) for seed, res in done.items()},
             "seconds_per_run": statistics.fmean(times) if times else None,
             "selection_seconds": first.get("selection_seconds"),
             "peak_memory_mb": max((r.get("peak_memory_mb") or 0 for r in done.values()),
@@ -125,6 +127,16 @@ def collect(plan: Plan) -> dict[str, Any]:
         })
     sweeps = {owner: _sweep(plan, owner) for owner in plan.sweeps}
     return {"rows": rows, "base": base, "sweeps": sweeps, "runs": runs}
+
+
+def _at_cap(result: dict[str, Any]) -> int | None:
+    """How many test answers ran to max_new_tokens (often a loop repeating a phrase)."""
+    return (result.get("generation") or {}).get("unfinished")
+
+
+def _cap_text(counts: list[int | None], total: int | None) -> str:
+    known = [str(c) for c in counts if c is not None]
+    return f"{', '.join(known)} of {total}" if known and total else "-"
 
 
 def _score_text(entry: dict[str, Any], digits: int = 2) -> str:
@@ -189,7 +201,10 @@ def provenance() -> dict[str, Any]:
 def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
     metrics = plan.metrics
     header = ["cell", "method", "budget", "trainable params", "lr", "seeds", "dev loss",
-              *[NAMES.get(m, m) for m in metrics], "time / run", "peak memory"]
+              *[NAMES.get(m, m) for m in metrics], "answers at token cap", "time / run",
+              "peak memory"]
+    tested = {r["test_samples"] for r in data["runs"] if r.get("test_samples")}
+    total = tested.pop() if len(tested) == 1 else None
     box = made["machine"]
     where = (f"{box['cpu']}, {box['cpus']} cores" + (f", {box['gpu']}" if "gpu" in box else "")
              + f", torch {box['torch']}, Python {box['python']}")
@@ -202,6 +217,7 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
         scores = data["base"]["scores"]
         values = [f"{scores[m]:.2f}" if scores.get(m) is not None else "-" for m in metrics]
         lines.append("| base | - | - | 0 | - | - | - | " + " | ".join(values)
+                     + f" | {_cap_text([data['base']['at_token_cap']], total)}"
                      + f" | {_duration(data['base']['eval_seconds'])} | "
                      f"{data['base']['peak_memory_mb'] or 0:,.0f} MB |")
     for row in data["rows"]:
@@ -216,13 +232,16 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([row["cell"], row["method"], row["budget"], params, lr,
                                         seeds, _score_text(row["dev_loss"], 3),
                                         *[_score_text(row["scores"][m]) for m in metrics],
+                                        _cap_text(list(row["at_token_cap"].values()), total),
                                         _duration(row["seconds_per_run"]), memory]) + " |")
     scope = next((r["memory_scope"] for r in data["rows"] if r["memory_scope"]), None)
     lines += ["", "Scores and dev loss: mean ± sample standard deviation over seeds, per-seed "
               "values in brackets. Dev loss: the kept checkpoint's (the lowest of the run's dev "
-              "evaluations, which choose it). Time / run: neuron selection + training + test "
-              f"generation, mean over seeds. Peak memory: {scope or 'per run'}, max over seeds "
-              "(it includes NeFT's neuron selection in the run that made it)."]
+              "evaluations, which choose it). Answers at token cap: per seed, test answers that "
+              "ran to max_new_tokens (often a loop repeating a phrase). Time / run: neuron "
+              "selection + training + test generation, mean over seeds. Peak memory: "
+              f"{scope or 'per run'}, max over seeds (it includes NeFT's neuron selection in the "
+              "run that made it)."]
     sweeps = {k: v for k, v in data["sweeps"].items() if v}
     if sweeps:
         lines += ["", "## Learning-rate sweep (dev loss)", "", "| swept on | used by | dev loss "
