@@ -159,6 +159,11 @@ def test_recomputing_a_new_decoding_keeps_the_trainings(finished_grid, tmp_path)
         assert result["spec"]["eval"]["no_repeat_ngram_size"] == 4
         assert (root / "cells" / cell / "train/training_log.json").stat().st_mtime_ns == when
     assert {k: v for k, v in result_mtimes(root).items() if k.startswith("sweep")} == sweeps_before
+    report = {c["cell"]: c for c in json.loads((root / "compare.json").read_text())["cells"]}
+    for cell in trained_at:  # a reused training keeps its peak memory in the table
+        result = json.loads((root / "cells" / cell / "result.json").read_text())
+        name = cell.rsplit("-s", 1)[0]
+        assert report[name]["peak_memory_mb"] >= result["train"]["peak_memory_mb"] > 0
 
     longer = {**changed, "train": {**values["train"], "max_steps": 3}, "recompute_changed": True}
     outcome = compare(longer)

@@ -120,13 +120,20 @@ def collect(plan: Plan) -> dict[str, Any]:
             "at_token_cap": {seed: _at_cap(res) for seed, res in done.items()},
             "seconds_per_run": statistics.fmean(times) if times else None,
             "selection_seconds": first.get("selection_seconds"),
-            "peak_memory_mb": max((r.get("peak_memory_mb") or 0 for r in done.values()),
+            "peak_memory_mb": max((_peak(r) for r in done.values()),
                                   default=None),
             "memory_scope": first.get("memory_scope"),
             "training": {str(seed): res.get("training") for seed, res in done.items()},
         })
     sweeps = {owner: _sweep(plan, owner) for owner in plan.sweeps}
     return {"rows": rows, "base": base, "sweeps": sweeps, "runs": runs}
+
+
+def _peak(result: dict[str, Any]) -> float:
+    """The run's peak memory, or its training's when that was higher: a training reused
+    from an earlier run (only the scoring was redone) keeps its own peak."""
+    return max(result.get("peak_memory_mb") or 0,
+               (result.get("train") or {}).get("peak_memory_mb") or 0)
 
 
 def _at_cap(result: dict[str, Any]) -> int | None:
