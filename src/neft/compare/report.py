@@ -126,7 +126,9 @@ def collect(plan: Plan) -> dict[str, Any]:
             "training": {str(seed): res.get("training") for seed, res in done.items()},
         })
     sweeps = {owner: _sweep(plan, owner) for owner in plan.sweeps}
-    return {"rows": rows, "base": base, "sweeps": sweeps, "runs": runs}
+    scored = {r["test_samples"] for r in runs if r.get("test_samples")}
+    return {"rows": rows, "base": base, "sweeps": sweeps, "runs": runs,
+            "test_samples": scored.pop() if len(scored) == 1 else None}  # None: runs differ
 
 
 def _peak(result: dict[str, Any]) -> float:
@@ -167,9 +169,8 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
     limit = "all" if config.max_train_samples is None else f"first {config.max_train_samples:,}"
     test = ("all" if config.max_test_samples is None
             else f"the first {config.max_test_samples:,}")
-    scored = {r["test_samples"] for r in data["runs"] if r.get("test_samples")}
-    if len(scored) == 1:
-        test += f" ({scored.pop():,})"
+    if data["test_samples"]:
+        test += f" ({data['test_samples']:,})"
     accumulation = first["gradient_accumulation_steps"]
     batch = first["per_device_train_batch_size"] * accumulation
     langs = "->".join(x for x in (config.source_lang, config.target_lang) if x)
@@ -210,8 +211,7 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
     header = ["cell", "method", "budget", "trainable params", "lr", "seeds", "dev loss",
               *[NAMES.get(m, m) for m in metrics], "answers at token cap", "time / run",
               "peak memory"]
-    tested = {r["test_samples"] for r in data["runs"] if r.get("test_samples")}
-    total = tested.pop() if len(tested) == 1 else None
+    total = data["test_samples"]
     box = made["machine"]
     where = (f"{box['cpu']}, {box['cpus']} cores" + (f", {box['gpu']}" if "gpu" in box else "")
              + f", torch {box['torch']}, Python {box['python']}")
