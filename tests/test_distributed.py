@@ -139,3 +139,22 @@ def test_fully_shard_scores_and_training_match_one_process(tiny_model_dir, tmp_p
     assert result["adapter"] <= 1e-5 and result["saved"] <= 1e-5, result
     assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors",
                                             "result.json"]
+
+
+def test_the_command_closes_the_process_group_it_ran_in(tmp_path) -> None:
+    # Left open, gloo's threads are torn down at interpreter exit, which now and then
+    # aborts a rank ('terminate called without an active exception') after a good run.
+    import torch.distributed as dist
+
+    from neft.cli import main
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        code = main(["train", "--model", str(tmp_path / "missing"), "--train_file",
+                     str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out")])
+        assert code == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -139,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: unexpected error: {type(exc).__name__}: {_first_line(exc)} (rerun with "
               "--debug for the traceback and please report it)", file=sys.stderr)
         return 1
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Close a torch.distributed group that Trainer or accelerate opened, so that gloo's
+    threads are joined now rather than torn down at interpreter exit (which can abort a
+    rank with 'terminate called without an active exception')."""
+    dist = sys.modules.get("torch.distributed")  # never import torch just to check
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
