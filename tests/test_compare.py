@@ -87,6 +87,7 @@ def test_grid_trains_sweeps_evaluates_and_reports(finished_grid) -> None:
     assert "| neft-6n | neft | 6 neurons |" in table and "lora-r2" in table
     assert "± " in table and "Learning-rate sweep" in table and "| dev loss |" in table
     assert " of 4 |" in table  # answers at the token cap, of the 4 test records
+    assert "the first 4 records are scored" in table and "learning rate: per cell" in table
     assert "Written " in table and "cores, torch " in table and report["machine"]["cpus"]
     assert (root / "compare.png").stat().st_size > 1000
     # sweep runs keep their logs but not their weights

@@ -169,7 +169,7 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
     limit = "all" if config.max_train_samples is None else f"first {config.max_train_samples:,}"
     test = ("all" if config.max_test_samples is None
             else f"the first {config.max_test_samples:,}")
-    if data["test_samples"]:
+    if data["test_samples"] and data["test_samples"] != config.max_test_samples:
         test += f" ({data['test_samples']:,})"
     accumulation = first["gradient_accumulation_steps"]
     batch = first["per_device_train_batch_size"] * accumulation
@@ -190,7 +190,7 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
     swept = [c for c in plan.cells if c.sweep]
     if swept:
         sweep = swept[0].sweep
-        per = "method" if any(c.sweep.cell != c.name for c in swept) else "cell"
+        per = (config.lr_sweep or {}).get("per", "cell")
         lines.append(f"- learning rate: per {per}, a short run of {sweep.steps} steps at each "
                      f"value (first seed), the value with the lowest dev loss is used for every "
                      "seed")
