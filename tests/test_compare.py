@@ -197,6 +197,7 @@ def test_a_cell_can_have_its_own_sweep(tiny_model_dir, toy_data_dir, tmp_path) -
     assert [r.learning_rate for r in plan.sweeps["lora-r8"]] == [1e-3, 1e-2]
     assert [r.learning_rate for r in plan.sweeps["lora-r16"]] == [2e-2, 4e-2]
     assert sorted(plan.sweeps) == ["lora-r16", "lora-r2", "lora-r8"]
+    assert {cell.sweep.per for cell in plan.cells} == {"method"}  # as the report states it
     with pytest.raises(NeftError, match="own_sweep must be true, false or a list"):
         build_plan(from_dict(CompareConfig, grid(
             tiny_model_dir, toy_data_dir, tmp_path,

@@ -105,6 +105,7 @@ class Sweep:
     values: list[float]
     steps: int
     seed: int
+    per: str  # lr_sweep.per: "cell" or "method" (whose cells share it)
 
 
 @dataclass
@@ -354,7 +355,7 @@ def build_plan(config: CompareConfig) -> Plan:
             owner = cell
             if not cell.own_sweep:
                 swept_by_method.setdefault(cell.method, cell)
-        cell.sweep = Sweep(owner.name, values, steps, owner.seeds[0])
+        cell.sweep = Sweep(owner.name, values, steps, owner.seeds[0], per)
         cell.train.pop("learning_rate")
 
     plan_eval = {**eval_options, "split": config.test_split,

@@ -190,10 +190,9 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
     swept = [c for c in plan.cells if c.sweep]
     if swept:
         sweep = swept[0].sweep
-        per = (config.lr_sweep or {}).get("per", "cell")
-        lines.append(f"- learning rate: per {per}, a short run of {sweep.steps} steps at each "
-                     f"value (first seed), the value with the lowest dev loss is used for every "
-                     "seed")
+        lines.append(f"- learning rate: per {sweep.per}, a short run of {sweep.steps} steps at "
+                     "each value (first seed), the value with the lowest dev loss is used for "
+                     "every seed")
     return "\n".join(lines)
 
 
