@@ -30,7 +30,9 @@ from .config import option
 from .data import encode_prompt, load_records, render_example, resolve_template
 from .errors import NeftError
 from .files import write_json
-from .metrics import language_code, parse_metrics, score
+from .general_text import fingerprint, load_drift_sets
+from .likelihood import drift, target_loss
+from .metrics import GENERATION_METRICS, language_code, parse_metrics, score
 from .models import EMBEDDED_NAMES, EMBEDDED_ORIGIN, load_model
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -224,12 +226,20 @@ def evaluate_model(
     stop_at_newline: bool | None = None,
     comet_model: str | None = None,
     progress: bool = True,
+    max_length: int = 512,
+    base_model: nn.Module | None = None,
+    drift_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Generate an answer to every record's prompt and score it against its target.
+    """Score a model on records: generation metrics, and the teacher-forced ones.
 
-    stop_at_newline=None turns it on when no reference spans several lines. Returns
-    {"scores", "signatures", "settings", "generation" (speed; how many answers never
-    ended within max_new_tokens), "samples" (id, source, reference, hypothesis)}.
+    Generation metrics (bleu, chrf, rouge, placeholders, comet) generate an answer to
+    every record's prompt; stop_at_newline=None turns it on when no reference spans
+    several lines. ``loss`` is the mean NLL per target token of the references (training's
+    template and masking, max_length); ``drift`` is KL(base_model || model) per token on
+    each of drift_sets ({name: texts}, default: general_text's sets of this machine).
+    Returns {"scores", "signatures", "settings", "generation" (when generating: speed,
+    answers that never ended), "drift" (per set, with per-text sums), "samples" (id,
+    source, reference, hypothesis when generated, loss and loss_tokens with loss)}.
     """
     if not records:
         raise NeftError("no records to evaluate")
@@ -238,32 +248,64 @@ def evaluate_model(
     refs = [target.strip() for _, target in pairs]
     scoring_lang = _scoring_language(records, task, source_lang, target_lang)
     chosen = parse_metrics(metrics, refs)  # fail on a bad metric before generating
-    if stop_at_newline is None:
-        stop_at_newline = not any("\n" in ref for ref in refs)
-    start = time.perf_counter()
-    hyps, counts, ended = _generate(model, tokenizer, [p for p, _ in pairs], batch_size,
-                                    max_new_tokens, no_repeat_ngram_size, stop_at_newline,
-                                    progress)
-    seconds = time.perf_counter() - start
+    generating = [m for m in chosen if m in GENERATION_METRICS]
+    if "drift" in chosen:
+        if base_model is None:
+            raise NeftError("metric drift needs the base model to compare with: pass "
+                            "--base_model (an adapter names its own base)")
+        drift_sets = drift_sets if drift_sets is not None else load_drift_sets(None)
     sources = [str(r.get("source", r.get("instruction", p))) for r, (p, _) in
                zip(records, pairs, strict=True)]
-    result = score(hyps, refs, scoring_lang, chosen, sources=sources, comet_model=comet_model)
+    samples = [{"id": r.get("id", i), "source": src, "reference": ref}
+               for i, (r, src, ref) in enumerate(zip(records, sources, refs, strict=True))]
+    result: dict[str, Any] = {"scores": {}, "signatures": {}}
+    if generating:
+        if stop_at_newline is None:
+            stop_at_newline = not any("\n" in ref for ref in refs)
+        start = time.perf_counter()
+        hyps, counts, ended = _generate(model, tokenizer, [p for p, _ in pairs], batch_size,
+                                        max_new_tokens, no_repeat_ngram_size, stop_at_newline,
+                                        progress)
+        seconds = time.perf_counter() - start
+        result = score(hyps, refs, scoring_lang, generating, sources=sources,
+                       comet_model=comet_model)
+        result["generation"] = {
+            "seconds": round(seconds, 2), "new_tokens": sum(counts),
+            "tokens_per_second": round(sum(counts) / seconds, 1) if seconds else None,
+            "unfinished": len(ended) - sum(ended),
+        }
+        for sample, hyp in zip(samples, hyps, strict=True):
+            sample["hypothesis"] = hyp
+    if "loss" in chosen:
+        loss = target_loss(model, tokenizer, records, task, template, source_lang, target_lang,
+                           max_length=max_length, batch_size=batch_size, progress=progress)
+        result["scores"]["loss"] = loss["loss"]
+        result["signatures"]["loss"] = (f"mean NLL (nats) per target token of the references, "
+                                        f"{loss['tokens']:,} tokens, training's template and "
+                                        f"masking, max_length {max_length}")
+        for sample, nll, tokens in zip(samples, loss["nll"], loss["token_counts"], strict=True):
+            sample["loss"] = nll / tokens if tokens else None
+            sample["loss_tokens"] = tokens
+    if "drift" in chosen:
+        result["drift"] = {}
+        for name, texts in drift_sets.items():
+            moved = drift(model, base_model, tokenizer, texts, max_length=max_length,
+                          batch_size=max(1, batch_size // 2), progress=progress)
+            result["scores"][f"drift_{name}"] = moved["kl"]
+            result["scores"][f"loss_change_{name}"] = moved["loss_change"]
+            result["drift"][name] = {"fingerprint": fingerprint(texts), **moved}
+            result["signatures"][f"drift_{name}"] = (
+                f"KL(base || tuned) nats per token on {len(texts)} {name} texts "
+                f"({moved['tokens']:,} tokens, set {fingerprint(texts)}), max_length "
+                f"{max_length}; loss_change: tuned minus base NLL per token there")
     result["settings"] = {
         "task": task, "template": resolve_template(template, tokenizer),
         "target_lang": scoring_lang, "metrics": chosen, "samples": len(records),
         "batch_size": batch_size, "max_new_tokens": max_new_tokens,
         "no_repeat_ngram_size": no_repeat_ngram_size, "stop_at_newline": stop_at_newline,
-        "decoding": "greedy",
+        "decoding": "greedy", "max_length": max_length,
     }
-    result["generation"] = {
-        "seconds": round(seconds, 2), "new_tokens": sum(counts),
-        "tokens_per_second": round(sum(counts) / seconds, 1) if seconds else None,
-        "unfinished": len(ended) - sum(ended),
-    }
-    result["samples"] = [{"id": r.get("id", i), "source": src, "reference": ref,
-                          "hypothesis": hyp}
-                         for i, (r, src, ref, hyp) in enumerate(zip(records, sources, refs, hyps,
-                                                                    strict=True))]
+    result["samples"] = samples
     return result
 
 
@@ -374,7 +416,16 @@ class EvalConfig:
     stop_at_newline: bool | None = option("end answers at their first line break (default: "
                                           "when no reference has one)")
     metrics: str | None = option("comma-separated: bleu, chrf, rouge, placeholders, comet "
+                                 "(generated answers); loss (test loss of the references), "
+                                 "drift (KL from the base model on general text) "
                                  "(default: bleu,chrf,rouge + placeholders when present)")
+    max_length: int = option("tokens per example for loss and per window for drift (use "
+                             "training's max_length)", 512)
+    drift_data: str | None = option("general text for drift: JSONL files or folders from "
+                                    "`neft data general` (default: this machine's manual "
+                                    "pages and licences, harvested now)")
+    base_model: str | None = option("the base model drift is measured from (default: the "
+                                    "adapter's base, or the base a `neft train` output names)")
     comet_model: str | None = option("local COMET checkpoint (folder or model.ckpt) for comet")
     output_file: str | None = option("write hypotheses and scores here as JSON")
     dtype: str | None = option("model dtype: float32, bfloat16, float16 or auto")
@@ -392,7 +443,7 @@ class EvalConfig:
                 raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "
                                 f"{', '.join(allowed)}")
         for name, low in (("batch_size", 1), ("max_new_tokens", 1), ("max_samples", 1),
-                          ("no_repeat_ngram_size", 0)):
+                          ("no_repeat_ngram_size", 0), ("max_length", 2)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise NeftError(f"{name} must be at least {low}, not {value}")
@@ -404,22 +455,48 @@ class EvalConfig:
                             f"such as {os.path.join(self.output_file, 'eval.json')}")
 
 
+def drift_base(config: EvalConfig, described: Mapping[str, Any]) -> str:
+    """The model drift is measured from: --base_model, else an adapter's base, else the
+    base that a `neft train` output folder (full fine-tuning) records in neft_run.json."""
+    if config.base_model:
+        return config.base_model
+    if described.get("adapter"):
+        return described["model"]
+    run_file = os.path.join(os.path.expanduser(str(described["model"])), "neft_run.json")
+    if os.path.isfile(run_file):
+        with open(run_file, encoding="utf-8") as handle:
+            recorded = json.load(handle).get("model")
+        if recorded:
+            return recorded
+    raise NeftError(f"metric drift needs the base model that {described['model']} was tuned "
+                    "from: pass --base_model")
+
+
 def run_eval(config: EvalConfig) -> dict[str, Any]:
-    """Load, generate, score; write config.output_file when given. Returns the result."""
+    """Load, generate/score; write config.output_file when given. Returns the result."""
     field_map = {name: standard for name, standard in ((config.source_field, "source"),
                                                        (config.target_field, "target")) if name}
     records = load_records(config.data, split=config.split, field_map=field_map,
                            limit=config.max_samples, task=config.task)
-    parse_metrics(config.metrics)  # fail on a bad metric before loading the model
+    chosen = parse_metrics(config.metrics)  # fail on a bad metric before loading the model
+    drift_sets = load_drift_sets(config.drift_data) if "drift" in chosen else None
     model, tokenizer, described = load_for_eval(config.model, config.adapter, config.dtype,
                                                 config.trust_remote_code)
+    base = None
+    if "drift" in chosen:
+        base_name = drift_base(config, described)
+        base, _ = load_model(base_name, dtype=config.dtype,
+                             trust_remote_code=config.trust_remote_code)
+        base.to(next(model.parameters()).device)
+        described = {**described, "base_model": base_name}
     result = evaluate_model(model, tokenizer, records, task=config.task,
                             template=config.template, source_lang=config.source_lang,
                             target_lang=config.target_lang, metrics=config.metrics,
                             batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
                             no_repeat_ngram_size=config.no_repeat_ngram_size,
                             stop_at_newline=config.stop_at_newline,
-                            comet_model=config.comet_model)
+                            comet_model=config.comet_model, max_length=config.max_length,
+                            base_model=base, drift_sets=drift_sets)
     result = {**described, "data": config.data, "split": config.split, **result,
               "config": asdict(config)}
     if config.output_file:
@@ -427,14 +504,25 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     return result
 
 
+def _score_text(name: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    teacher_forced = name == "loss" or name.startswith(("drift_", "loss_change_"))
+    return f"{value:.4f}" if teacher_forced else f"{value:.2f}"
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """The scores, their signatures and the generation speed, as printed by `neft eval`."""
-    lines = [f"{'metric':<22}{'score':>8}"]
+    width = max([22, *(len(name) + 2 for name in result["scores"])])
+    lines = [f"{'metric':<{width}}{'score':>8}"]
     for name, value in result["scores"].items():
-        lines.append(f"{name:<22}{'n/a' if value is None else f'{value:.2f}':>8}")
+        lines.append(f"{name:<{width}}{_score_text(name, value):>8}")
     lines += [f"  {name}: {signature}" for name, signature in result["signatures"].items()]
-    gen = result["generation"]
-    lines.append(f"{result['settings']['samples']} samples, {gen['new_tokens']} new tokens in "
-                 f"{gen['seconds']:.1f} s ({gen['tokens_per_second']} tokens/s); "
-                 f"{gen['unfinished']} hit max_new_tokens")
+    gen = result.get("generation")
+    if gen:
+        lines.append(f"{result['settings']['samples']} samples, {gen['new_tokens']} new tokens "
+                     f"in {gen['seconds']:.1f} s ({gen['tokens_per_second']} tokens/s); "
+                     f"{gen['unfinished']} hit max_new_tokens")
+    else:
+        lines.append(f"{result['settings']['samples']} samples (teacher-forced, no generation)")
     return "\n".join(lines)

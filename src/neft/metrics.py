@@ -19,7 +19,10 @@ from sacrebleu.metrics import BLEU, CHRF
 from .data import placeholder_survival, placeholders
 from .errors import NeftError
 
-METRICS = ("bleu", "chrf", "rouge", "placeholders", "comet")
+GENERATION_METRICS = ("bleu", "chrf", "rouge", "placeholders", "comet")
+# Teacher-forced, no generation (neft.likelihood): test loss, and drift from the base model.
+LIKELIHOOD_METRICS = ("loss", "drift")
+METRICS = GENERATION_METRICS + LIKELIHOOD_METRICS
 DEFAULT_METRICS = ("bleu", "chrf", "rouge")
 BOOTSTRAP_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -143,6 +146,8 @@ def score(
     scores: dict[str, Any] = {}
     signatures: dict[str, str] = {}
     for name in chosen:
+        if name in LIKELIHOOD_METRICS:
+            continue  # computed from the model, not the answers (evaluate.evaluate_model)
         if name in ("bleu", "chrf"):
             metric = _sacrebleu_metric(name, target_lang)
             scores[name] = float(metric.corpus_score(list(hyps), [list(refs)]).score)

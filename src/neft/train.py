@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -589,8 +589,11 @@ def _eval_source(config: TrainConfig) -> str | None:
     return None
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Run one training job; returns the summary also written to neft_run.json.
+
+    callbacks are extra Trainer callbacks (e.g. compare's measurements at each dev
+    evaluation).
 
     Every check that can fail (data files, step settings, model, neurons) runs before the
     output folder is touched, so bad input leaves no half-made run behind.
@@ -631,7 +634,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         trainer = NeftTrainer(model=model, args=args, train_dataset=train_data,
                               eval_dataset=eval_data,
                               data_collator=DataCollator(tokenizer.pad_token_id),
-                              processing_class=tokenizer, callbacks=[stopper])
+                              processing_class=tokenizer, callbacks=[stopper, *callbacks])
         if (config.neft_mode == "mask" and config.method in ("neft", "random")
                 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)):
             # set by `accelerate launch --use_fsdp / --use_deepspeed` rather than our flags

@@ -1,4 +1,5 @@
-"""`neft data`: prepare training and evaluation data (today: gettext catalogs)."""
+"""`neft data`: prepare training and evaluation data: gettext catalogs (translation pairs)
+and general English text (for drift)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import os
 
 from ..data import GETTEXT_LOCALE_DIR, harvest_gettext, placeholders, write_jsonl
 from ..errors import NeftError
+from ..general_text import (
+    DEFAULT_WORDS,
+    GENERAL_SETS,
+    LICENSE_DIR,
+    MAN_DIR,
+    fingerprint,
+    harvest_general_text,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gettext.add_argument("--seed", type=int, default=0, help="seed of the split hash")
     gettext.add_argument("--overwrite", action="store_true",
                          help="replace split files in output_dir that hold other records")
-    parser.set_defaults(func=run)
+    gettext.set_defaults(func=run)
+    general = sources.add_parser(
+        "general", help="general English text for drift (manual pages, licences)",
+        description="Write <output_dir>/manpages.jsonl (prose of the English manual pages' "
+                    "DESCRIPTION sections) and licenses.jsonl (paragraphs of "
+                    "/usr/share/common-licenses): fixed samples of real English that no task "
+                    "trains on, for `neft eval --metrics drift --drift_data DIR`.")
+    general.add_argument("--output_dir", default=os.path.join("data", "general"))
+    general.add_argument("--sets", default=",".join(GENERAL_SETS),
+                         help=f"comma-separated: {', '.join(GENERAL_SETS)}")
+    general.add_argument("--max_words", type=int, default=DEFAULT_WORDS,
+                         help="words per set (about 1.3 tokens each)")
+    general.add_argument("--seed", type=int, default=0, help="seed of the sampling hash")
+    general.add_argument("--man_dir", default=MAN_DIR)
+    general.add_argument("--license_dir", default=LICENSE_DIR)
+    general.add_argument("--overwrite", action="store_true",
+                         help="replace set files in output_dir that hold other records")
+    general.set_defaults(func=run_general)
 
 
 def check_output(output_dir: str, splits: dict[str, list[dict]], overwrite: bool) -> None:
-    """Refuse, before writing any, to replace split files holding other records (the
+    """Refuse, before writing any, to replace <name>.jsonl files holding other records (the
     user's own data, or another language's): rerunning the same harvest is harmless."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NeftError(f"output_dir {output_dir} is a file; pass a folder")
@@ -62,4 +88,23 @@ def run(args: argparse.Namespace) -> int:
     counts = "  ".join(f"{split} {len(records):,}" for split, records in splits.items())
     print(f"en->{args.target}: {counts} ({with_placeholders / total:.0%} with placeholders) "
           f"-> {output_dir}/{{train,dev,test}}.jsonl")
+    return 0
+
+
+def run_general(args: argparse.Namespace) -> int:
+    kinds = [k.strip() for k in args.sets.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in GENERAL_SETS]
+    if unknown or not kinds:
+        raise NeftError(f"unknown set {', '.join(unknown) or '(none given)'}: use a comma-"
+                        f"separated list of {', '.join(GENERAL_SETS)}")
+    sets = {kind: harvest_general_text(kind, max_words=args.max_words, seed=args.seed,
+                                       man_dir=args.man_dir, license_dir=args.license_dir)
+            for kind in kinds}
+    check_output(args.output_dir, sets, args.overwrite)
+    for kind, records in sets.items():
+        write_jsonl(os.path.join(args.output_dir, f"{kind}.jsonl"), records)
+        words = sum(len(r["text"].split()) for r in records)
+        print(f"{kind}: {len(records):,} paragraphs, {words:,} words, set "
+              f"{fingerprint(r['text'] for r in records)} -> "
+              f"{os.path.join(args.output_dir, kind + '.jsonl')}")
     return 0

@@ -38,7 +38,8 @@ OWNED_TRAIN = {
 EVAL_KEYS = ("batch_size", "max_new_tokens", "no_repeat_ngram_size", "stop_at_newline",
              "metrics", "comet_model", "dtype")
 SWEEP_KEYS = ("values", "steps", "per")
-CELL_EXTRA_KEYS = ("name", "seeds", "own_sweep")
+FRONT_KEYS = ("steps", "drift_data", "generate", "loss_samples")
+CELL_EXTRA_KEYS = ("name", "seeds", "own_sweep", "learning_rates")
 # Options that change no result: left out of a run's spec.
 NOT_IN_SPEC = ("output_dir", "resume", "overwrite", "logging_steps", "report_to",
                "save_total_limit")
@@ -73,6 +74,11 @@ class CompareConfig:
                                    "cell|method; lowest dev loss wins (YAML only)")
     methods: list | None = option("the cells: a list of `neft train` options such as "
                                   "{method: neft, match_lora: 8} (YAML only)")
+    front: dict | None = option("measure test loss and drift at dev evaluations: steps: [N, "
+                                "...], drift_data: files (default: this machine's), "
+                                "generate: best|all, loss_samples: N (YAML only)")
+    reference: str | None = option("the cell the verdicts compare every other cell with "
+                                   "(default: the first neft cell)")
     include_base: bool = option("also score the untrained model (no training, one run)", False)
     plot_metric: str | None = option("score on the plot's y axis (default: every table metric)")
     isolate: bool = option("run each run in its own process (own peak memory; a crash "
@@ -115,8 +121,10 @@ class Cell:
     train: dict[str, Any]  # TrainConfig values, without seed and (when swept) learning_rate
     seeds: list[int]
     budget: str  # for the table: "= LoRA r8", "3%", "r8", "all"
-    lr_source: str  # "sweep", "given" or "default"
+    lr_source: str  # "sweep", "given", "default" or "front" (runs at learning_rates)
     sweep: Sweep | None = None
+    learning_rates: list[float] | None = None  # front cells: first seed at each, the other
+    # seeds at the middle one
     own_sweep: bool | list[float] = False  # swept on its own (with these values) even when
     # lr_sweep.per is method
 
@@ -143,6 +151,8 @@ class Plan:
     runs: list[Run]  # cells (and base), in the order they run
     eval: dict[str, Any]
     metrics: list[str]  # score names in the table
+    front: dict[str, Any] | None = None  # steps, drift_data, drift_sets, generate, ...
+    reference: str | None = None  # the verdicts' reference cell
 
     def cell(self, name: str) -> Cell:
         return next(c for c in self.cells if c.name == name)
@@ -286,6 +296,7 @@ def build_plan(config: CompareConfig) -> Plan:
         raise NeftError("train.learning_rate and lr_sweep are both given: drop one (a cell may "
                         "fix its own learning_rate, which skips its sweep)")
     seeds = _ints(config.seeds if config.seeds is not None else [1234], "seeds")
+    front = _front(config, shared)
 
     data, model = _abs_if_local(config.data), _abs_if_local(config.model)
     common = {"model": model, "train_file": data, "eval_file": data,
@@ -330,10 +341,21 @@ def build_plan(config: CompareConfig) -> Plan:
         if own_sweep and source != "sweep":
             raise NeftError(f"{where}: own_sweep needs an lr_sweep and no learning_rate for "
                             "this cell; drop one of them")
+        rates = None
+        if "learning_rates" in raw:
+            if front is None:
+                raise NeftError(f"{where}: learning_rates traces a front; add a front: section "
+                                "(e.g. front: {steps: [100, 200]})")
+            if "learning_rate" in raw or own_sweep:
+                raise NeftError(f"{where}: give learning_rates or learning_rate/own_sweep, "
+                                "not both")
+            rates = sorted(_floats(raw["learning_rates"], f"{where}.learning_rates"))
+            source = "front"
         cells.append(Cell(name, method, train, _ints(raw.get("seeds", seeds), f"{where}.seeds"),
-                          label, source, own_sweep=own_sweep))
+                          label, source, own_sweep=own_sweep, learning_rates=rates))
 
     swept_by_method: dict[str, Cell] = {}
+    reference = _reference(config, cells, front)
     for cell in cells:
         if cell.lr_source != "sweep":
             continue
@@ -377,33 +399,107 @@ def build_plan(config: CompareConfig) -> Plan:
 
     runs: list[Run] = []
     if config.include_base:
-        runs.append(Run("base", "base", os.path.join("cells", "base"),
-                        canonical({"kind": "base", "model": model,
-                                   "eval": eval_options, "test": test,
-                                   "prompt": {k: common[k] for k in
-                                              ("task", "template", "source_lang",
-                                               "target_lang", "source_field",
-                                               "target_field")}})))
-    longest = max(len(c.seeds) for c in cells)
-    for position in range(longest):  # every cell's first seed first: early results
-        for cell in cells:
-            if position >= len(cell.seeds):
-                continue
-            seed = cell.seeds[position]
-            lr: dict[str, Any] = {"source": cell.lr_source}
-            if cell.sweep is not None:
-                lr.update(swept_on=cell.sweep.cell, values=cell.sweep.values,
-                          steps=cell.sweep.steps, seed=cell.sweep.seed)
-            spec = {"kind": "cell", "train": _spec_train({**cell.train, "seed": seed}),
-                    "lr": lr, "eval": eval_options, "test": test}
-            runs.append(Run("cell", cell.name, os.path.join("cells", f"{cell.name}-s{seed}"),
-                            canonical(spec), seed,
-                            None if cell.sweep else cell.train["learning_rate"]))
+        base_spec = {"kind": "base", "model": model, "eval": eval_options, "test": test,
+                     "prompt": {k: common[k] for k in ("task", "template", "source_lang",
+                                                       "target_lang", "source_field",
+                                                       "target_field")}}
+        if front is not None:  # its test loss is the fronts' point at drift 0
+            base_spec["front"] = {"loss_samples": front["loss_samples"],
+                                  "max_length": cells[0].train["max_length"]}
+        runs.append(Run("base", "base", os.path.join("cells", "base"), canonical(base_spec)))
+    for cell, seed, lr in _cell_runs(cells):
+        spec_lr: dict[str, Any] = {"source": cell.lr_source}
+        if cell.sweep is not None:
+            spec_lr.update(swept_on=cell.sweep.cell, values=cell.sweep.values,
+                           steps=cell.sweep.steps, seed=cell.sweep.seed)
+        train = {**cell.train, "seed": seed}
+        folder = f"{cell.name}-s{seed}"
+        if cell.learning_rates is not None:
+            train["learning_rate"] = lr
+            folder = f"{cell.name}-lr{lr:g}-s{seed}"
+        spec = {"kind": "cell", "train": _spec_train(train), "lr": spec_lr,
+                "eval": eval_options, "test": test}
+        if front is not None:
+            spec["front"] = front["spec"]
+        runs.append(Run("cell", cell.name, os.path.join("cells", folder), canonical(spec), seed,
+                        None if cell.sweep else train["learning_rate"]))
     metrics = score_names(eval_options.get("metrics"))
     if config.plot_metric and config.plot_metric not in metrics:
         raise NeftError(f"plot_metric {config.plot_metric!r} is not among the scores "
                         f"({', '.join(metrics) or 'none'}); set eval.metrics to include it")
-    return Plan(config, data, model, cells, sweeps, runs, plan_eval, metrics)
+    return Plan(config, data, model, cells, sweeps, runs, plan_eval, metrics, front, reference)
+
+
+def middle(values: list[float]) -> float:
+    """The middle learning rate of a front cell (the lower middle of an even count)."""
+    return values[(len(values) - 1) // 2]
+
+
+def _cell_runs(cells: list[Cell]) -> list[tuple[Cell, int, float | None]]:
+    """(cell, seed, learning rate) of every cell run, in the order they run: each cell's
+    first seed (at the middle rate for front cells) first, so that a stopped grid already
+    compares every cell; then the other rates of the fronts; then the other seeds."""
+    first, rates, others = [], [], []
+    for cell in cells:
+        lr = middle(cell.learning_rates) if cell.learning_rates else cell.train.get(
+            "learning_rate")
+        first.append((cell, cell.seeds[0], lr))
+        rates += [(cell, cell.seeds[0], v) for v in cell.learning_rates or [] if v != lr]
+    longest = max(len(c.seeds) for c in cells)
+    for position in range(1, longest):
+        others += [(cell, cell.seeds[position], middle(cell.learning_rates)
+                    if cell.learning_rates else cell.train.get("learning_rate"))
+                   for cell in cells if position < len(cell.seeds)]
+    return first + rates + others
+
+
+def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | None:
+    """The checked front: section, with its drift sets' fingerprints for the specs."""
+    if config.front is None:
+        return None
+    front = _check_mapping(config.front, "front")
+    _check_keys(front, FRONT_KEYS, "front")
+    steps = front.get("steps")
+    if steps is not None:
+        steps = sorted(_ints(steps, "front.steps"))
+        eval_steps = shared.get("eval_steps", 50)
+        if any(step < 1 or (eval_steps and step % eval_steps) for step in steps):
+            raise NeftError(f"front.steps {steps}: each must be a positive multiple of "
+                            f"train.eval_steps ({eval_steps}), where dev loss is measured")
+    generate = front.get("generate", "best")
+    if generate not in ("best", "all"):
+        raise NeftError(f"front.generate must be best (each cell's best-dev-loss run) or all, "
+                        f"not {generate!r}")
+    loss_samples = front.get("loss_samples")
+    if loss_samples is not None and (not isinstance(loss_samples, int) or loss_samples < 1):
+        raise NeftError(f"front.loss_samples must be a positive whole number, not "
+                        f"{loss_samples!r}")
+    from ..general_text import fingerprint, load_drift_sets
+
+    drift_data = front.get("drift_data")
+    if isinstance(drift_data, list):
+        drift_data = [_abs_if_local(str(p)) for p in drift_data]
+    elif drift_data is not None:
+        drift_data = [_abs_if_local(p.strip()) for p in str(drift_data).split(",") if p.strip()]
+    sets = load_drift_sets(drift_data)
+    prints = {name: fingerprint(texts) for name, texts in sets.items()}
+    return {"steps": steps, "drift_data": drift_data, "generate": generate,
+            "loss_samples": loss_samples, "drift_sets": prints,
+            "spec": {"steps": steps, "drift_sets": prints, "loss_samples": loss_samples}}
+
+
+def _reference(config: CompareConfig, cells: list[Cell], front: dict[str, Any] | None
+               ) -> str | None:
+    names = [c.name for c in cells]
+    if config.reference is not None:
+        if config.reference not in names:
+            close = difflib.get_close_matches(config.reference, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"cells: {', '.join(names)}"
+            raise NeftError(f"reference {config.reference!r} is not a cell of the grid; {hint}")
+        return config.reference
+    if front is None:
+        return None
+    return next((c.name for c in cells if c.method == "neft"), names[0])
 
 
 def score_names(metrics: str | None) -> list[str]:

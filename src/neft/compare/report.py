@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import statistics
 import sys
 from typing import Any
 
 from ..files import write_json
-from .plan import Plan, Run
-from .worker import RESULT_FILE, read_json
+from .plan import Plan
+from .results import current
+from .verdicts import RESAMPLES, verdicts
 
 MARKDOWN_FILE = "compare.md"
 JSON_FILE = "compare.json"
@@ -26,22 +26,6 @@ PLOT_FILE = "compare.png"
 NAMES = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
          "rougeL": "ROUGE-L", "placeholder_survival": "placeholders %", "comet": "COMET"}
 MARKERS = {"neft": "o", "lora": "s", "random": "v", "full": "*", "ft-inout": "D"}
-
-
-def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:
-    """A run's result.json, or None while the run is unfinished (or its file unreadable)."""
-    path = os.path.join(output_dir, run.folder, RESULT_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _current(plan: Plan, run: Run) -> dict[str, Any] | None:
-    result = load_result(plan.config.output_dir, run)
-    return result if result is not None and result.get("spec") == run.spec else None
 
 
 def format_lr(value: float | None) -> str:
@@ -67,7 +51,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def _sweep(plan: Plan, owner: str) -> dict[str, Any] | None:
-    results = [_current(plan, run) for run in plan.sweeps.get(owner, [])]
+    results = [current(plan, run) for run in plan.sweeps.get(owner, [])]
     if not results or any(r is None for r in results):
         return None
     losses = {format_lr(r["learning_rate"]): r.get("dev_loss") for r in results}
@@ -83,7 +67,7 @@ def collect(plan: Plan) -> dict[str, Any]:
     rows, runs = [], []
     base = None
     for run in plan.runs:
-        result = _current(plan, run)
+        result = current(plan, run)
         if result is not None:
             runs.append({"folder": run.folder, **{k: v for k, v in result.items()
                                                   if k != "spec"}})
@@ -93,7 +77,7 @@ def collect(plan: Plan) -> dict[str, Any]:
                     "at_token_cap": _at_cap(result)}
     for cell in plan.cells:
         cell_runs = [r for r in plan.runs if r.kind == "cell" and r.cell == cell.name]
-        done = {r.seed: res for r in cell_runs if (res := _current(plan, r)) is not None}
+        done = {r.seed: res for r in cell_runs if (res := current(plan, r)) is not None}
         first = next(iter(done.values()), {})
         scores = {}
         for metric in plan.metrics:
@@ -311,6 +295,9 @@ def write_report(plan: Plan) -> str:
     data = collect(plan)
     made = provenance()
     text = markdown(plan, data, made)
+    fronts = verdicts(plan)
+    if fronts is not None:
+        text += "\n".join(front_markdown(plan, fronts)) + "\n"
     path = os.path.join(output_dir, MARKDOWN_FILE)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -320,6 +307,145 @@ def write_report(plan: Plan) -> str:
         "created": made["written"], "command": made["command"], "machine": made["machine"],
         "config": dataclasses.asdict(plan.config), "metrics": plan.metrics,
         "cells": data["rows"], "base": data["base"], "lr_sweeps": data["sweeps"],
-        "runs": data["runs"]})
+        "runs": data["runs"],
+        **({"fronts": front_summary(fronts)} if fronts is not None else {})})
     plot(plan, data, os.path.join(output_dir, PLOT_FILE))
+    if fronts is not None:
+        plot_fronts(plan, fronts, os.path.join(output_dir, FRONT_PLOT_FILE))
     return path
+
+
+# ----------------------------------------------------------------------------- fronts
+
+FRONT_PLOT_FILE = "compare-front.png"
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def front_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The fronts and verdicts as JSON: points and envelopes without resamples."""
+    out: dict[str, Any] = {"drift_sets": result["sets"], "verdicts": result["rows"], "cells": {}}
+    for name, fronts in result["fronts"].items():
+        for cell, entry in fronts.cells.items():
+            xs, ys = fronts.front(cell)
+            standard = entry["standard"]
+            out["cells"].setdefault(cell, {})[name] = {
+                "front": [[float(x), float(y)] for x, y in zip(xs, ys, strict=True)],
+                "standard": {"learning_rate": standard["learning_rate"],
+                             "seeds": standard["seeds"],
+                             "test_loss": None if standard["loss"] is None
+                             else float(standard["loss"][0]),
+                             "test_loss_std": standard["loss_std"],
+                             "drift": None if standard["drift"] is None
+                             else float(standard["drift"][0]),
+                             "drift_std": standard["drift_std"]}}
+    out["points"] = {cell: [{k: p.get(k) for k in ("folder", "learning_rate", "seed", "step",
+                                                   "dev_loss", "test_loss")}
+                            | {"drift": {n: d["kl"] for n, d in p["drift"].items()}}
+                            for p in points]
+                     for cell, points in result["data"]["cells"].items()}
+    base = result["data"]["base"]
+    out["base"] = None if base is None else {"test_loss": base["test_loss"]}
+    return out
+
+
+def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
+    sets = result["sets"]
+    first = result["fronts"][sets[0]]
+    lines = ["", "## Fronts: test loss against drift", "",
+             "Each point is a run at a dev evaluation: test loss (mean NLL per target token "
+             "over the test split) and drift (KL(base || tuned) per token on general text: "
+             + ", ".join(f"`{n}` ({plan.front['drift_sets'][n]})" for n in sets)
+             + "). A cell's front is the lower-left envelope of its first seed's points "
+             "(learning rates x steps), starting at the base model; its standard point is "
+             "its middle learning rate's last step, mean ± std over seeds.", "",
+             "| cell | lr | seeds | test loss | " + " | ".join(f"drift {n}" for n in sets) + " |",
+             "|---|---|---|---|" + "---|" * len(sets)]
+    base = result["data"]["base"]
+    if base:
+        lines.append(f"| base | - | - | {base['test_loss']:.4f} | "
+                     + " | ".join("0" for _ in sets) + " |")
+    for cell, entry in first.cells.items():
+        standard = entry["standard"]
+        drifts = [_pm(None if result["fronts"][n].cells[cell]["standard"]["drift"] is None
+                      else float(result["fronts"][n].cells[cell]["standard"]["drift"][0]),
+                      result["fronts"][n].cells[cell]["standard"]["drift_std"]) for n in sets]
+        loss = None if standard["loss"] is None else float(standard["loss"][0])
+        lines.append(f"| {cell} | {format_lr(standard['learning_rate'])} | "
+                     f"{len(standard['seeds'])} | {_pm(loss, standard['loss_std'])} | "
+                     + " | ".join(drifts) + " |")
+    rows = result["rows"]
+    if rows:
+        lines += ["", f"### Verdicts: {plan.reference} against each cell", "",
+                  "Delta is the reference minus the other cell: lower is better for loss and "
+                  "drift, higher for generation scores. 95% interval: paired bootstrap over "
+                  f"records ({RESAMPLES:,} resamples) plus the seed variance of the standard "
+                  "points; resolved only when it excludes 0.", "",
+                  "| other | measure | drift set | at | delta | 95% interval | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            interval = ("-" if row.get("interval") is None
+                        else f"[{row['interval'][0]:+.4f}, {row['interval'][1]:+.4f}]")
+            digits = 4 if "drift_set" in row else 2
+            at = f"{row['at']:.4f}" if "at" in row else f"best dev run, {row['records']} records"
+            measure = row["measure"] if "drift_set" in row else NAMES.get(row["measure"],
+                                                                          row["measure"])
+            lines.append(f"| {row['other']} | {measure} | {row.get('drift_set', '-')} | {at} | "
+                         f"{row['delta']:+.{digits}f} | {interval} | {row['verdict']} |")
+    lines += ["", f"![test loss against drift]({FRONT_PLOT_FILE})", "",
+              "<details><summary>every point</summary>", "",
+              "| cell | lr | seed | step | dev loss | test loss | "
+              + " | ".join(f"drift {n}" for n in sets) + " |",
+              "|---|---|---|---|---|---|" + "---|" * len(sets)]
+    for cell, points in result["data"]["cells"].items():
+        for p in sorted(points, key=lambda p: (p["learning_rate"] or 0, p["seed"], p["step"])):
+            dev = "-" if p.get("dev_loss") is None else f"{p['dev_loss']:.4f}"
+            lines.append(f"| {cell} | {format_lr(p['learning_rate'])} | {p['seed']} | "
+                         f"{p['step']} | {dev} | {p['test_loss']:.4f} | "
+                         + " | ".join(f"{p['drift'][n]['kl']:.4f}" for n in sets) + " |")
+    lines += ["", "</details>"]
+    return lines
+
+
+def plot_fronts(plan: Plan, result: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = result["sets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], sets, strict=True):
+        fronts = result["fronts"][name]
+        for index, (cell, entry) in enumerate(fronts.cells.items()):
+            color = f"C{index}"
+            method = plan.cell(cell).method
+            ax.scatter(entry["xs"][:, 0], entry["ys"][:, 0], color=color, alpha=0.35, s=14,
+                       marker=MARKERS.get(method, "o"))
+            xs, ys = fronts.front(cell)
+            ax.plot(xs, ys, color=color, label=cell)
+            standard = entry["standard"]
+            if standard["loss"] is not None:
+                ax.errorbar(float(standard["drift"][0]), float(standard["loss"][0]),
+                            xerr=standard["drift_std"] or 0, yerr=standard["loss_std"] or 0,
+                            color=color, marker=MARKERS.get(method, "o"), markersize=7,
+                            capsize=3)
+        if fronts.base:
+            ax.scatter([0], [fronts.base["test_loss"]], color="gray", marker="x", s=40,
+                       label="base model")
+        ax.set(xlabel=f"drift: KL(base || tuned) per token on {name}",
+               ylabel="test loss (NLL per target token)", title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{plan.config.task}: {os.path.basename(str(plan.config.data).rstrip('/'))} "
+                 "(lines: fronts of the first seed; markers with bars: standard points, "
+                 "std over seeds)", fontsize=9)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import NeftError
 from ..files import write_json
 from .plan import Plan, Run, build_plan, canonical, first_difference, selection_key
-from .report import format_lr, load_result, write_report
+from .report import format_lr, write_report
+from .results import best_run, load_result
 from .worker import JOB_FILE, LOG_FILE, RESULT_FILE, read_json, run_job
 
 LOCK_FILE = "compare.lock"
@@ -221,8 +222,15 @@ def _job(plan: Plan, run: Run) -> dict[str, Any]:
                                                "target_lang", "source_field", "target_field")}
     job["eval"] = {**{k: v for k, v in plan.eval.items() if v is not None},
                    "data": plan.data, **prompt}
+    if plan.front is not None and run.kind != "sweep":
+        job["front"] = {k: plan.front[k] for k in ("steps", "drift_data", "loss_samples",
+                                                   "generate")}
+        job["front"]["max_length"] = plan.cells[0].train["max_length"]
     if run.kind == "base":
         job["model"] = plan.model
+        return job
+    if run.kind == "generate":
+        job["of"] = run.spec["of"]
         return job
     cell = plan.cell(run.cell)
     train = {**cell.train, **run.spec["train"], "learning_rate": run.learning_rate,
@@ -238,7 +246,12 @@ def _job(plan: Plan, run: Run) -> dict[str, Any]:
 def _describe(run: Run) -> str:
     if run.kind == "sweep":
         return f"sweep {run.cell} lr={format_lr(run.learning_rate)}"
-    return "base model" if run.kind == "base" else f"{run.cell} seed {run.seed}"
+    if run.kind == "generate":
+        return f"{run.cell} best run ({os.path.basename(run.spec['of'])}): generation"
+    if run.kind == "base":
+        return "base model"
+    at = f" lr={format_lr(run.learning_rate)}" if run.spec["lr"]["source"] == "front" else ""
+    return f"{run.cell}{at} seed {run.seed}"
 
 
 def _summary(run: Run, result: dict[str, Any], metrics: list[str]) -> str:
@@ -247,6 +260,10 @@ def _summary(run: Run, result: dict[str, Any], metrics: list[str]) -> str:
         return f"dev loss {loss:.4f}" if loss is not None else "dev loss n/a (diverged?)"
     scores = result.get("scores", {})
     parts = [f"{name} {scores[name]:.2f}" for name in metrics if scores.get(name) is not None]
+    if result.get("points"):
+        last = result["points"][-1]
+        drift = ", ".join(f"{name} {value:.4f}" for name, value in last["drift"].items())
+        parts.append(f"step {last['step']} test loss {last['test_loss']:.4f}, drift {drift}")
     if result.get("trainable_parameters"):
         parts.append(f"{result['trainable_parameters']:,} trainable")
     parts.append(f"peak {result['peak_memory_mb']:,.0f} MB")
@@ -299,7 +316,9 @@ class Grid:
         self.config = plan.config
         self.output_dir = plan.config.output_dir
         self.lock_fd = lock_fd
-        self.progress = Progress(self.output_dir, len(plan.all_runs()))
+        generating = plan.front is not None and plan.front["generate"] == "best"
+        self.progress = Progress(self.output_dir, len(plan.all_runs())
+                                 + (len(plan.cells) if generating else 0))
         self.outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
         self.chosen: dict[str, float | None] = {}
 
@@ -314,6 +333,12 @@ class Grid:
                     continue
                 self.execute(run)
                 write_report(plan)  # after every cell run: a stopped grid has its table
+            if plan.front is not None and plan.front["generate"] == "best":
+                for cell in plan.cells:  # each cell's best-dev-loss run, by generation
+                    best = best_run(plan, cell.name)
+                    if best is not None:
+                        self.execute(best)
+                        write_report(plan)
         except KeyboardInterrupt:
             self.progress.line("stopped; finished runs are kept: rerun the same command to "
                                "continue (an unfinished training resumes from its checkpoint)")
@@ -326,7 +351,8 @@ class Grid:
 
     def prepare_cell(self, run: Run) -> bool:
         """Set the run's learning rate; False when its sweep failed."""
-        lr = self.learning_rate(run.cell)
+        cell = self.plan.cell(run.cell)
+        lr = run.learning_rate if cell.learning_rates else self.learning_rate(run.cell)
         if lr is None:
             self.outcome["failed"].append(run.folder)
             self.progress.line(f"{_describe(run)}: not run, its lr sweep failed", count=True)

@@ -26,7 +26,9 @@ from ..config import from_dict
 from ..errors import NeftError
 from ..evaluate import EvalConfig, run_eval
 from ..files import write_json
+from ..likelihood import target_loss
 from ..train import RUN_FILE, TrainConfig, load_split, peak_memory_mb, select_for_training, train
+from .front import POINTS_FILE, read_points
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -69,7 +71,36 @@ def ensure_neurons(train_values: dict[str, Any], path: str) -> None:
     select_for_training(model, config, data).save(path)
 
 
-def train_or_reuse(values: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def front_measure(job: dict[str, Any], model_name: str) -> Any:
+    """What a front run measures at each point, loaded once: the base model (for drift and
+    the tokenizer), the test records (all, or front.loss_samples) and the drift sets."""
+    from ..data import load_records
+    from ..general_text import load_drift_sets
+    from ..models import load_model
+    from .front import FrontMeasure
+
+    front, values = job["front"], job["eval"]
+    field_map = {name: standard for name, standard in ((values.get("source_field"), "source"),
+                                                       (values.get("target_field"), "target"))
+                 if name}
+    records = load_records(values["data"], split=values["split"], field_map=field_map,
+                           limit=front.get("loss_samples"), task=values["task"])
+    base, tokenizer = load_model(model_name, trust_remote_code=values.get("trust_remote_code",
+                                                                          False))
+    if torch.cuda.is_available():
+        base.to("cuda")
+    return FrontMeasure(tokenizer, records, values, front["max_length"], base,
+                        load_drift_sets(front["drift_data"]), values.get("batch_size", 16))
+
+
+def point_summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's points without their per-record sums, for result.json."""
+    return [{"step": p["step"], "dev_loss": p.get("dev_loss"), "test_loss": p["test_loss"],
+             "drift": {name: d["kl"] for name, d in p["drift"].items()}} for p in points]
+
+
+def train_or_reuse(values: dict[str, Any], callbacks: list[Any] | None = None
+                   ) -> tuple[dict[str, Any], str]:
     """Train, unless this very training already finished. Returns (summary, how):
     how is 'trained', 'resumed' (from a checkpoint) or 'reused' (finished before)."""
     folder = values["output_dir"]
@@ -89,7 +120,7 @@ def train_or_reuse(values: dict[str, Any]) -> tuple[dict[str, Any], str]:
         return previous["result"], "reused"
     checkpoint = same and any(n.startswith("checkpoint-") for n in os.listdir(folder))
     config = from_dict(TrainConfig, {**values, "resume": checkpoint, "overwrite": not checkpoint})
-    summary = train(config)
+    summary = train(config, callbacks or ())
     if summary["interrupted"]:
         raise Interrupted("training stopped on a signal; its checkpoint is kept")
     return summary, "resumed" if checkpoint else "trained"
@@ -119,8 +150,18 @@ def run_job(folder: str) -> dict[str, Any]:
     result: dict[str, Any] = {"kind": job["kind"], "cell": job["cell"], "seed": job.get("seed"),
                               "spec": job["spec"]}
     train_values = job.get("train")
+    front = job.get("front")
+    if job["kind"] == "generate":  # a front cell's best run, scored by generation
+        train_values = read_json(os.path.join(job["of"], JOB_FILE))["train"]
+        result["of"] = job["of"]
     how = None
-    if train_values is not None:
+    if train_values is not None and job["kind"] != "generate":
+        callbacks = []
+        if front is not None:
+            from .front import FrontPoints
+
+            callbacks.append(FrontPoints(folder, front_measure(job, train_values["model"]),
+                                         front["steps"]))
         if job.get("neurons"):
             ensure_neurons(train_values, job["neurons"])
             train_values = {**train_values, "neurons": job["neurons"]}
@@ -128,7 +169,7 @@ def run_job(folder: str) -> dict[str, Any]:
 
             metadata = NeuronSet.load(job["neurons"]).metadata
             result["selection_seconds"] = metadata.get("wall_time_s")
-        summary, how = train_or_reuse(train_values)
+        summary, how = train_or_reuse(train_values, callbacks)
         result.update(
             method=summary["method"], learning_rate=train_values["learning_rate"],
             trainable_parameters=summary["trainable_parameters"],
@@ -137,12 +178,29 @@ def run_job(folder: str) -> dict[str, Any]:
                                                "train_seconds", "wall_seconds",
                                                "peak_memory_mb")})
         result["dev_loss"] = summary["best_eval_loss"]
+    if front is not None and job["kind"] == "base":
+        measure = front_measure(job, job["model"])
+        loss = target_loss(measure.base, measure.tokenizer, measure.records, job["eval"]["task"],
+                           job["eval"]["template"], job["eval"].get("source_lang"),
+                           job["eval"].get("target_lang"), max_length=front["max_length"],
+                           batch_size=measure.batch_size)
+        write_json(os.path.join(folder, POINTS_FILE), [{
+            "step": 0, "dev_loss": None, "test_loss": loss["loss"],
+            "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
+            "drift": {name: {"kl": 0.0, "loss_change": 0.0} for name in measure.drift_sets}}])
+        del measure
+    if front is not None and job["kind"] in ("cell", "base"):
+        result["points"] = point_summary(read_points(folder))
     if job["kind"] == "sweep":
         output = train_values["output_dir"]
         for name in os.listdir(output):  # the weights are not needed, only the dev loss
             if name not in KEEP_AFTER_SWEEP:
                 path = os.path.join(output, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    elif front is not None and job["kind"] == "cell" and front["generate"] == "best":
+        # scored by generation later, if it is its cell's best run
+        if not job.get("keep_checkpoints"):
+            remove_checkpoints(train_values["output_dir"])
     else:
         eval_start = time.perf_counter()
         values = dict(job["eval"], output_file=os.path.join(folder, EVAL_FILE))

@@ -1,0 +1,42 @@
+"""Reading a grid's finished runs: a run's result, whether it is current, a cell's best run."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .plan import Plan, Run, canonical
+from .worker import RESULT_FILE, read_json
+
+
+def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:
+    """A run's result.json, or None while the run is unfinished (or its file unreadable)."""
+    path = os.path.join(output_dir, run.folder, RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def current(plan: Plan, run: Run) -> dict[str, Any] | None:
+    result = load_result(plan.config.output_dir, run)
+    return result if result is not None and result.get("spec") == run.spec else None
+
+
+def best_run(plan: Plan, cell: str) -> Run | None:
+    """The generation run of a front cell: its finished run with the lowest dev loss (the
+    method's best-dev-loss point), scored on the test split. None until one has finished."""
+    finished = [(result["dev_loss"], index, run) for index, run in enumerate(plan.runs)
+                if run.kind == "cell" and run.cell == cell
+                and (result := current(plan, run)) is not None
+                and isinstance(result.get("dev_loss"), int | float)]
+    if not finished:
+        return None
+    chosen = min(finished, key=lambda item: item[:2])[2]
+    spec = {"kind": "generate", "of": chosen.folder, "of_spec": chosen.spec,
+            "eval": chosen.spec["eval"], "test": chosen.spec["test"]}
+    return Run("generate", cell, os.path.join("best", cell), canonical(spec), chosen.seed,
+               chosen.learning_rate)
