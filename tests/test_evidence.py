@@ -1,0 +1,330 @@
+"""Evidence that decides: test loss and drift equal direct computations, the general-text
+sets are deterministic, fronts and verdicts read the right numbers, bad input is refused."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from neft.cli import main as cli_main
+from neft.compare import build_plan, compare
+from neft.compare.plan import CompareConfig
+from neft.compare.verdicts import drift_at, envelope, loss_at
+from neft.config import from_dict
+from neft.data import build_dataset, load_records
+from neft.errors import NeftError
+from neft.evaluate import evaluate_model
+from neft.general_text import (
+    description_paragraphs,
+    harvest_general_text,
+    load_drift_sets,
+    roff_to_text,
+)
+from neft.likelihood import drift, target_loss, text_windows
+
+TEXTS = ["the red file is open and shared with the remote host",
+         "a new hidden file", "the old local large empty file is now open",
+         "red blue old new small large empty open shared local remote hidden " * 3]
+
+
+def tiny_pair(tiny_model_dir: str):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        for param in tuned.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return tokenizer, base, tuned
+
+
+def direct_kl(model, base, ids: list[int]) -> tuple[float, float, float]:
+    """KL sum, base NLL sum, tuned NLL sum of one unpadded window."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        lt = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+        lb = torch.log_softmax(base(input_ids=x).logits[0, :-1].double(), -1)
+    target = x[0, 1:]
+    kl = (lb.exp() * (lb - lt)).sum().item()
+    return kl, -lb[range(len(target)), target].sum().item(), \
+        -lt[range(len(target)), target].sum().item()
+
+
+def test_target_loss_equals_the_mean_nll_of_each_reference(tiny_model_dir, toy_data_dir):
+    tokenizer, _, model = tiny_pair(tiny_model_dir)
+    records = load_records(toy_data_dir, split="test", task="translation")
+    result = target_loss(model, tokenizer, records, max_length=64, batch_size=3)
+    dataset = build_dataset(records, tokenizer, "translation", max_length=64)
+    total_nll, total_tokens = 0.0, 0
+    for i, example in enumerate(dataset.examples):
+        ids = torch.tensor([example["input_ids"]])
+        labels = torch.tensor([example["labels"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        nll = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100,
+                              reduction="sum").item()
+        tokens = int((labels[0, 1:] != -100).sum())
+        assert result["nll"][i] == pytest.approx(nll, rel=1e-5)
+        assert result["token_counts"][i] == tokens
+        total_nll += nll
+        total_tokens += tokens
+    assert result["tokens"] == total_tokens
+    assert result["loss"] == pytest.approx(total_nll / total_tokens, rel=1e-5)
+
+
+def test_drift_of_the_base_against_itself_is_zero(tiny_model_dir):
+    tokenizer, base, _ = tiny_pair(tiny_model_dir)
+    same = copy.deepcopy(base)
+    result = drift(same, base, tokenizer, TEXTS, max_length=16, batch_size=3)
+    assert result["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result["loss_change"] == pytest.approx(0.0, abs=1e-6)
+    assert result["tokens"] == sum(len(ids) - 1 for _, ids in text_windows(tokenizer, TEXTS, 16))
+
+
+def test_drift_equals_a_direct_kl_per_window(tiny_model_dir):
+    tokenizer, base, tuned = tiny_pair(tiny_model_dir)
+    result = drift(tuned, base, tokenizer, TEXTS, max_length=16, batch_size=2)
+    sums = [[0.0, 0.0, 0.0] for _ in TEXTS]
+    for index, ids in text_windows(tokenizer, TEXTS, 16):
+        for k, value in enumerate(direct_kl(tuned, base, ids)):
+            sums[index][k] += value
+    for i, (kl, nll_base, nll_tuned) in enumerate(sums):
+        assert result["kl_sums"][i] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+        assert result["nll_base"][i] == pytest.approx(nll_base, rel=1e-5)
+        assert result["nll_tuned"][i] == pytest.approx(nll_tuned, rel=1e-5)
+    assert result["kl"] > 0
+    assert result["loss_change"] == pytest.approx(
+        (sum(s[2] for s in sums) - sum(s[1] for s in sums)) / result["tokens"], rel=1e-4)
+
+
+def test_long_texts_are_cut_into_windows(tiny_model_dir):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    windows = text_windows(tokenizer, [TEXTS[3]], 8)
+    assert len(windows) > 1 and all(len(ids) <= 8 for _, ids in windows)
+    assert sum(len(ids) for _, ids in windows) == len(tokenizer(TEXTS[3])["input_ids"])
+
+
+def test_evaluate_loss_and_drift_without_generating(tiny_model_dir, toy_data_dir):
+    tokenizer, base, tuned = tiny_pair(tiny_model_dir)
+    records = load_records(toy_data_dir, split="test", task="translation")
+    result = evaluate_model(tuned, tokenizer, records, metrics="loss,drift", max_length=64,
+                            base_model=base, drift_sets={"toy": TEXTS}, progress=False)
+    assert "generation" not in result
+    assert set(result["scores"]) == {"loss", "drift_toy", "loss_change_toy"}
+    samples = result["samples"]
+    assert all("hypothesis" not in s and s["loss_tokens"] > 0 for s in samples)
+    weighted = sum(s["loss"] * s["loss_tokens"] for s in samples) / sum(
+        s["loss_tokens"] for s in samples)
+    assert weighted == pytest.approx(result["scores"]["loss"], rel=1e-6)
+    assert result["drift"]["toy"]["fingerprint"]
+    with pytest.raises(NeftError, match="needs the base model"):
+        evaluate_model(tuned, tokenizer, records, metrics="drift", progress=False)
+
+
+# ----------------------------------------------------------------------------- general text
+
+PAGE = r""".TH DEMO 1
+.SH NAME
+demo \- a demo
+.SH DESCRIPTION
+.B demo
+reads the \fIinput\fR file and writes a copy of it to the output, keeping every line as it
+was written, so that nothing \(em not even a space \- is lost on the way.
+.TP
+\fB\-a\fR
+all
+.PP
+This paragraph is the second one of the description and it has enough words to count as
+prose for the general text set of manual pages.
+.SH OPTIONS
+Options are not part of the description and are never taken into the general set at all.
+"""
+
+
+def make_text_dirs(tmp_path):
+    man = tmp_path / "man" / "man1"
+    man.mkdir(parents=True)
+    with gzip.open(man / "demo.1.gz", "wt") as handle:
+        handle.write(PAGE)
+    with gzip.open(man / "gcloud-thing.1.gz", "wt") as handle:
+        handle.write(PAGE.replace("demo", "cloud"))
+    licenses = tmp_path / "licenses"
+    licenses.mkdir()
+    text = ("Everyone is permitted to copy and distribute verbatim copies of this license "
+            "document, but changing it is not allowed.\n\n"
+            "The licenses for most software are designed to take away your freedom to share "
+            "and change it.\n\nShort.\n")
+    (licenses / "GPL-3").write_text(text)
+    os.symlink(licenses / "GPL-3", licenses / "GPL")
+    return str(tmp_path / "man"), str(licenses)
+
+
+def test_description_paragraphs_are_plain_text():
+    paragraphs = description_paragraphs(PAGE)
+    assert paragraphs[0].startswith("demo reads the input file and writes a copy")
+    assert "—" in paragraphs[0] and "\\" not in " ".join(paragraphs)
+    assert not any("Options are not part" in p for p in paragraphs)
+    assert roff_to_text(r"\fBbold\fR and \-\-long") == "bold and --long"
+
+
+def test_general_sets_are_deterministic_and_leave_out_machine_pages(tmp_path):
+    man, licenses = make_text_dirs(tmp_path)
+    pages = harvest_general_text("manpages", man_dir=man)
+    assert [r["origin"] for r in pages] == ["demo.1", "demo.1"]  # not gcloud's, not -a's
+    assert pages == harvest_general_text("manpages", man_dir=man)
+    texts = harvest_general_text("licenses", license_dir=licenses)
+    assert len(texts) == 2 and {r["origin"] for r in texts} == {"GPL-3"}  # symlink read once
+    assert len(harvest_general_text("licenses", max_words=5, license_dir=licenses)) == 1
+
+
+def test_neft_data_general_writes_sets_and_never_replaces_others(tmp_path, capsys):
+    man, licenses = make_text_dirs(tmp_path)
+    out = tmp_path / "general"
+    argv = ["data", "general", "--output_dir", str(out), "--man_dir", man,
+            "--license_dir", licenses]
+    assert cli_main(argv) == 0
+    sets = load_drift_sets(str(out))
+    assert set(sets) == {"manpages", "licenses"} and all(sets.values())
+    assert cli_main(argv) == 0  # the same harvest again: harmless
+    assert cli_main([*argv, "--max_words", "5"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main([*argv, "--sets", "novels"]) == 2
+
+
+def test_bad_drift_data_is_one_line(tmp_path):
+    with pytest.raises(NeftError, match="does not exist"):
+        load_drift_sets(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NeftError, match="no .jsonl"):
+        load_drift_sets(str(tmp_path / "empty"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(NeftError, match="text"):
+        load_drift_sets(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "blank.jsonl").write_text("")
+    with pytest.raises(NeftError, match="no records"):
+        load_drift_sets(str(tmp_path / "blank.jsonl"))
+
+
+def test_eval_cli_refuses_drift_without_a_base_and_loss_without_references(
+        tiny_model_dir, toy_data_dir, tmp_path, capsys):
+    drift_file = tmp_path / "toy.jsonl"
+    drift_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    output = tmp_path / "eval.json"
+    code = cli_main(["eval", "--model", tiny_model_dir, "--data", toy_data_dir, "--metrics",
+                     "drift", "--drift_data", str(drift_file), "--output_file", str(output)])
+    assert code == 2 and not output.exists()
+    assert "--base_model" in capsys.readouterr().err
+    no_refs = tmp_path / "no-refs.jsonl"
+    no_refs.write_text(json.dumps({"source": "the red file"}) + "\n")
+    assert cli_main(["eval", "--model", tiny_model_dir, "--data", str(no_refs),
+                     "--metrics", "loss"]) == 2
+    assert "target" in capsys.readouterr().err
+    code = cli_main(["eval", "--model", tiny_model_dir, "--base_model", tiny_model_dir,
+                     "--data", toy_data_dir, "--metrics", "loss,drift", "--drift_data",
+                     str(drift_file), "--max_length", "64", "--output_file", str(output)])
+    assert code == 0
+    written = json.loads(output.read_text())
+    assert written["scores"]["drift_toy"] == pytest.approx(0.0, abs=1e-6)
+    assert written["samples"][0]["loss_tokens"] > 0
+
+
+# ----------------------------------------------------------------------------- fronts
+
+
+def test_envelope_and_interpolation():
+    xs = np.array([0.0, 0.1, 0.2, 0.15, 0.4])
+    ys = np.array([3.0, 2.5, 2.0, 2.6, 2.1])  # (0.15, 2.6) and (0.4, 2.1) are dominated
+    front = envelope(xs, ys)
+    assert front[0].tolist() == [0.0, 0.1, 0.2] and front[1].tolist() == [3.0, 2.5, 2.0]
+    assert loss_at(front, 0.05) == pytest.approx(2.75)
+    assert loss_at(front, 1.0) == 2.0  # flat past the last point
+    assert drift_at(front, 2.25) == pytest.approx(0.15)
+    assert drift_at(front, 3.5) == 0.0
+    assert math.isnan(drift_at(front, 1.9))  # never reached
+
+
+def front_grid(tiny_model_dir, toy_data_dir, tmp_path, **options) -> dict:
+    drift_file = tmp_path / "toy.jsonl"
+    drift_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    values = dict(
+        output_dir=str(tmp_path / "out"), model=tiny_model_dir, data=toy_data_dir,
+        max_dev_samples=4, max_test_samples=4, seeds=[1, 2, 3], isolate=False,
+        include_base=True,
+        train=dict(max_steps=4, eval_steps=2, logging_steps=1, per_device_train_batch_size=4,
+                   per_device_eval_batch_size=4, max_length=64),
+        eval=dict(max_new_tokens=4, batch_size=4),
+        front=dict(steps=[2, 4], drift_data=str(drift_file)),
+        methods=[{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2, 1e-1]},
+                 {"method": "lora", "lora_r": 2, "learning_rates": [1e-3, 1e-2, 3e-2]},
+                 {"method": "full", "learning_rate": 1e-3, "seeds": [1]}])
+    values.update(options)
+    return values
+
+
+def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(
+        tiny_model_dir, toy_data_dir, tmp_path):
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)
+    outcome = compare(values)
+    assert not outcome["failed"]
+    root = tmp_path / "out"
+    # first seed at every rate, the other seeds at the middle rate
+    assert {p.name for p in (root / "cells").iterdir()} >= {
+        "base", "neft-6n-lr0.01-s1", "neft-6n-lr0.03-s1", "neft-6n-lr0.1-s1",
+        "neft-6n-lr0.03-s2", "neft-6n-lr0.03-s3", "full-s1"}
+    points = json.loads((root / "cells/neft-6n-lr0.03-s2/points.json").read_text())
+    assert [p["step"] for p in points] == [2, 4]
+    assert len(points[0]["test"]["nll"]) == 4 and "kl_sums" in points[0]["drift"]["toy"]
+    report = json.loads((root / "compare.json").read_text())
+    fronts = report["fronts"]
+    assert fronts["base"]["test_loss"] > 0
+    standard = fronts["cells"]["neft-6n"]["toy"]["standard"]
+    assert standard["learning_rate"] == 3e-2 and standard["seeds"] == [1, 2, 3]
+    # the standard point is the mean of the middle rate's last points over seeds
+    finals = [json.loads((root / f"cells/neft-6n-lr0.03-s{s}/points.json").read_text())[-1]
+              for s in (1, 2, 3)]
+    assert standard["test_loss"] == pytest.approx(np.mean([p["test_loss"] for p in finals]))
+    measures = {(r["other"], r["measure"]) for r in fronts["verdicts"]}
+    assert ("lora-r2", "loss at matched drift") in measures
+    assert ("full", "drift at matched loss") in measures
+    assert ("lora-r2", "chrf") in measures
+    for row in fronts["verdicts"]:
+        assert row["verdict"].startswith(("better", "worse", "not resolved"))
+    # each cell's generation run is its lowest-dev-loss run
+    for cell in ("neft-6n", "lora-r2", "full"):
+        result = json.loads((root / f"best/{cell}/result.json").read_text())
+        losses = {f"cells/{p.parent.name}": json.loads(p.read_text())["dev_loss"]
+                  for p in (root / "cells").glob(f"{cell}-*/result.json")}
+        assert result["of"] == min(losses, key=losses.get)
+        assert result["scores"]["chrf"] is not None
+    text = (root / "compare.md").read_text()
+    assert "## Fronts: test loss against drift" in text and "### Verdicts" in text
+    assert (root / "compare-front.png").stat().st_size > 0
+    # a rerun computes nothing
+    assert not compare(values)["ran"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"reference": "nope"}, "not a cell"),
+    ({"front": None}, "learning_rates traces a front"),
+    ({"front": {"steps": [3]}}, "multiple of train.eval_steps"),
+    ({"front": {"generate": "some"}}, "front.generate"),
+    ({"front": {"stepz": [2]}}, "did you mean 'steps'"),
+])
+def test_bad_front_configs_fail_before_any_run(tiny_model_dir, toy_data_dir, tmp_path, change,
+                                               message):
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)
+    for key, value in change.items():
+        if key == "front" and value is not None:
+            value = {"drift_data": values["front"]["drift_data"], **value}
+        values[key] = value
+    with pytest.raises(NeftError, match=message):
+        build_plan(from_dict(CompareConfig, values))
+    assert not (tmp_path / "out").exists()
