@@ -48,6 +48,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def finite_float(text: str) -> float:
+    """argparse type for a float flag: 'nan' and 'inf' parse as floats, but no option of
+    neft means anything with them (a NaN percent compares false with every bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """A ``--name`` flag per field, default None so that YAML values are not overridden."""
     parser.add_argument("--config", help="YAML file with any of these options")
@@ -60,7 +72,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
                                 help=f"{help_text} (default: {default})")
         else:
-            parser.add_argument(flag, type=kind if kind in (int, float) else str, default=None,
+            types_ = {int: int, float: finite_float}
+            parser.add_argument(flag, type=types_.get(kind, str), default=None,
                                 help=f"{help_text} (default: {default})")
 
 
