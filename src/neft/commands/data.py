@@ -8,6 +8,7 @@ import os
 
 from ..data import GETTEXT_LOCALE_DIR, harvest_gettext, placeholders, write_jsonl
 from ..errors import NeftError
+from ..files import check_output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +51,7 @@ def check_output(output_dir: str, splits: dict[str, list[dict]], overwrite: bool
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.output_dir or os.path.join("data", f"gettext-en-{args.target}"))
     splits = harvest_gettext(args.target, locale_dir=args.locale_dir, min_words=args.min_words,
                              seed=args.seed, dev_size=args.dev_size, test_size=args.test_size)
     output_dir = args.output_dir or os.path.join("data", f"gettext-en-{args.target}")
