@@ -138,7 +138,7 @@ def _generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_si
     longest = max((len(ids) for ids in encoded), default=0)
     check_length(model, longest + max_new_tokens,
                  f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens})",
-                 "pass a smaller --max_new_tokens or shorter prompts")
+                 "pass --max_new_tokens {room} or less, or shorter prompts", fixed=longest)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM early
     device = next(model.parameters()).device
     newline_ids = newline_token_ids(tokenizer).to(device) if stop_at_newline else None

@@ -299,13 +299,15 @@ def position_limit(model: nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def check_length(model: nn.Module, length: int, what: str, fix: str) -> None:
+def check_length(model: nn.Module, length: int, what: str, fix: str, fixed: int = 0) -> None:
     """Refuse, before the work, a sequence longer than the model's positions: one line
-    naming both numbers (``what`` says where the length comes from, ``fix`` what to do)."""
+    naming both numbers (``what`` says where the length comes from, ``fix`` what to do,
+    with ``{room}`` the positions left beside the ``fixed`` part, e.g. the prompt)."""
     limit = position_limit(model)
     if limit is not None and length > limit[0]:
+        room = max(limit[0] - fixed, 0)
         raise NeftError(f"{what} is {length} tokens but the model has {limit[0]} positions "
-                        f"({limit[1]} in its config); {fix}")
+                        f"({limit[1]} in its config); {fix.format(room=room)}")
 
 
 def recorded_name(name_or_path: str) -> str:

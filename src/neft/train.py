@@ -702,7 +702,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
             if data is not None:
                 longest = max((len(e["input_ids"]) for e in data.examples), default=0)
                 check_length(model, longest, f"the longest {name} example (max_length "
-                             f"{config.max_length})", "pass a smaller --max_length")
+                             f"{config.max_length})", "pass --max_length {room} or less")
         total_params = count_parameters(model)
         model = prepare_model(model, config, train_data)
     trainable = trainable_parameters(model)
