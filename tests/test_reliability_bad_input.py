@@ -254,6 +254,10 @@ CASES = [
     ("train examples past the model's positions", T(model="{gpt2-32}"),
      r"the longest training example \(max_length 64\) is \d+ tokens but the model has 32 "
      r"positions \(n_positions in its config\); pass --max_length 32 or less"),
+    ("select data past the model's positions",
+     ["select", "--model", "{gpt2-32}", "--scorer", "gradient", "--data", "{d}", "--neurons",
+      "3", "--max_length", "64", "--output", "{out}", "--quiet"],
+     r"the longest example \(max_length 64\) is 64 tokens but the model has 32 positions"),
     # numbers that are no numbers
     ("select --percent nan", [*SELECT, "--percent", "nan"],
      r"argument --percent: must be a finite number, not 'nan'"),

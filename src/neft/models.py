@@ -97,11 +97,9 @@ def _build_embedded(out_dir: str) -> None:
 
 def _make_shareable(folder: str) -> None:
     """Give the cache the umask's usual modes (mkdtemp and some writers use 0700/0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for name in os.listdir(folder):
-        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+    from .files import apply_umask
+
+    apply_umask(folder)
 
 
 def ensure_embedded_model() -> str:

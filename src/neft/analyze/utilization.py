@@ -430,6 +430,11 @@ def analyze_utilization(
                         "pass the base model with --model") from exc
     examples = evaluation_examples(data, tokenizer, task, split, max_samples, max_length,
                                    template, source_lang, target_lang)
+    from ..models import check_length
+
+    check_length(loaded, max((len(e["input_ids"]) for e in examples), default=0),
+                 f"the longest example (max_length {max_length})",
+                 "pass --max_length {room} or less")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     first = measure(base, loaded, examples, pad_id)
     del loaded
