@@ -303,9 +303,11 @@ def check_length(model: nn.Module, length: int, what: str, fix: str, fixed: int 
     with ``{room}`` the positions left beside the ``fixed`` part, e.g. the prompt)."""
     limit = position_limit(model)
     if limit is not None and length > limit[0]:
-        room = max(limit[0] - fixed, 0)
+        room = limit[0] - fixed
+        advice = (fix.format(room=room) if room > 0 or not fixed else
+                  "the prompt alone fills them: shorten the inputs")
         raise NeftError(f"{what} is {length} tokens but the model has {limit[0]} positions "
-                        f"({limit[1]} in its config); {fix.format(room=room)}")
+                        f"({limit[1]} in its config); {advice}")
 
 
 def recorded_name(name_or_path: str) -> str:
