@@ -107,11 +107,14 @@ def world(tiny_model_dir: str, toy_data_dir: str, tmp_path_factory) -> dict[str,
     (root / "fraction.yaml").write_text("max_steps: 2.5\n")
     (root / "a-file").write_text("x")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
-    gpt2 = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2,
-                                   n_positions=32, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id)
-    transformers.AutoModelForCausalLM.from_config(gpt2).save_pretrained(root / "gpt2-32")
-    tokenizer.save_pretrained(root / "gpt2-32")
+    for positions in (32, 128):  # learned positions: an IndexError past them
+        gpt2 = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1,
+                                       n_head=2, n_positions=positions,
+                                       pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.eos_token_id)
+        transformers.AutoModelForCausalLM.from_config(gpt2).save_pretrained(
+            root / f"gpt2-{positions}")
+        tokenizer.save_pretrained(root / f"gpt2-{positions}")
     (root / "analyze-out").mkdir()
     (root / "analyze-out" / "distribution.json").write_text("{}\n")
     (root / "broken.yaml").write_text("learning_rate: 0.001\nmax_steps: [1, 2\nseed: 3\n")
@@ -247,10 +250,14 @@ CASES = [
     ("train --output_dir under a file", T(out="{a-file}/run"),
      r"a-file is a file, not a folder"),
     # the model's positions
-    ("eval past the model's positions", ["eval", "--model", "{gpt2-32}", "--data", "{d}",
+    ("eval past the model's positions", ["eval", "--model", "{gpt2-128}", "--data", "{d}",
                                          "--max_new_tokens", "200"],
      r"the longest prompt \(\d+ tokens\) \+ max_new_tokens \(200\) is \d+ tokens but the "
-     r"model has 32 positions \(n_positions in its config\); pass --max_new_tokens \d+ or less"),
+     r"model has 128 positions \(n_positions in its config\); pass --max_new_tokens \d+ or "
+     r"less"),
+    ("eval prompts past the model's positions", ["eval", "--model", "{gpt2-32}", "--data",
+                                                 "{d}"],
+     r"the longest prompt .* but the model has 32 positions .*the prompt alone fills them"),
     ("train examples past the model's positions", T(model="{gpt2-32}"),
      r"the longest training example \(max_length 64\) is \d+ tokens but the model has 32 "
      r"positions \(n_positions in its config\); pass --max_length 32 or less"),
