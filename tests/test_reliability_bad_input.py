@@ -106,6 +106,25 @@ def world(tiny_model_dir: str, toy_data_dir: str, tmp_path_factory) -> dict[str,
     (root / "wrong-type.yaml").write_text("overwrite: maybe\n")
     (root / "fraction.yaml").write_text("max_steps: 2.5\n")
     (root / "a-file").write_text("x")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    for positions in (32, 128):  # learned positions: an IndexError past them
+        gpt2 = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1,
+                                       n_head=2, n_positions=positions,
+                                       pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.eos_token_id)
+        transformers.AutoModelForCausalLM.from_config(gpt2).save_pretrained(
+            root / f"gpt2-{positions}")
+        tokenizer.save_pretrained(root / f"gpt2-{positions}")
+    (root / "analyze-out").mkdir()
+    (root / "analyze-out" / "distribution.json").write_text("{}\n")
+    (root / "broken.yaml").write_text("learning_rate: 0.001\nmax_steps: [1, 2\nseed: 3\n")
+    (root / "twice.yaml").write_text("learning_rate: 0.001\nseed: 3\nlearning_rate: 0.1\n")
+    (root / "config-folder").mkdir()
+    shutil.copytree(adapter, root / "adapter-moved-base", ignore=shutil.ignore_patterns("check*"))
+    config_path = root / "adapter-moved-base" / "adapter_config.json"
+    moved = json.loads(config_path.read_text())
+    moved["base_model_name_or_path"] = str(root / "base-that-moved")
+    config_path.write_text(json.dumps(moved))
     paths.update({name: str(root / name) for name in os.listdir(root)})
     return paths
 
@@ -215,7 +234,57 @@ CASES = [
     ("eval --output_file that is a folder", ["eval", "--model", "{m}", "--data", "{d}",
                                              "--output_file", "{notes}"],
      r"output_file .*notes is a folder"),
+    # outputs that exist, or cannot be written (checked before any work)
+    ("select --output over an existing file", [*SELECT[:-2], "{set2.safetensors}", "--neurons",
+                                               "3"],
+     r"output .*set2\.safetensors already exists; pass --overwrite to replace it"),
+    ("eval --output_file over an existing file", ["eval", "--model", "{m}", "--data", "{d}",
+                                                  "--output_file", "{a-file}"],
+     r"output_file .*a-file already exists; pass --overwrite"),
+    ("eval --output_file under a file", ["eval", "--model", "{m}", "--data", "{d}",
+                                         "--output_file", "{a-file}/eval.json"],
+     r"a-file is a file, not a folder; choose another path"),
+    ("analyze over an earlier result", ["analyze", "distribution", "{set2.safetensors}",
+                                        "--output_dir", "{analyze-out}"],
+     r"distribution\.json already exists; pass --overwrite"),
+    ("train --output_dir under a file", T(out="{a-file}/run"),
+     r"a-file is a file, not a folder"),
+    # the model's positions
+    ("eval past the model's positions", ["eval", "--model", "{gpt2-128}", "--data", "{d}",
+                                         "--max_new_tokens", "200"],
+     r"the longest prompt \(\d+ tokens\) \+ max_new_tokens \(200\) is \d+ tokens but the "
+     r"model has 128 positions \(n_positions in its config\); pass --max_new_tokens \d+ or "
+     r"less"),
+    ("eval prompts past the model's positions", ["eval", "--model", "{gpt2-32}", "--data",
+                                                 "{d}"],
+     r"the longest prompt .* but the model has 32 positions .*the prompt alone fills them"),
+    ("train examples past the model's positions", T(model="{gpt2-32}"),
+     r"the longest training example \(max_length 64\) is \d+ tokens but the model has 32 "
+     r"positions \(n_positions in its config\); pass --max_length 32 or less"),
+    ("select data past the model's positions",
+     ["select", "--model", "{gpt2-32}", "--scorer", "gradient", "--data", "{d}", "--neurons",
+      "3", "--max_length", "64", "--output", "{out}", "--quiet"],
+     r"the longest example \(max_length 64\) is 64 tokens but the model has 32 positions"),
+    # numbers that are no numbers
+    ("select --percent nan", [*SELECT, "--percent", "nan"],
+     r"argument --percent: must be a finite number, not 'nan'"),
+    ("select --percent inf", [*SELECT, "--percent", "inf"],
+     r"argument --percent: must be a finite number, not 'inf'"),
+    ("train --learning_rate nan", T("--learning_rate", "nan"),
+     r"argument --learning_rate: must be a finite number"),
+    # the base an adapter recorded
+    ("adapter whose recorded base is gone", ["eval", "--adapter", "{adapter-moved-base}",
+                                             "--data", "{d}"],
+     r"adapter .*adapter-moved-base names its base model .*base-that-moved.* \(base_model_"
+     r"name_or_path in its adapter_config\.json\), which cannot be loaded: .*pass the base "
+     r"model with --model"),
     # options, flags and YAML
+    ("broken YAML", ["train", "--config", "{broken.yaml}", "--train_file", "{d}"],
+     r"broken\.yaml:3: not valid YAML \(.*\); fix that line"),
+    ("duplicate YAML key", ["train", "--config", "{twice.yaml}", "--train_file", "{d}"],
+     r"twice\.yaml:3: option 'learning_rate' is given twice \(first on line 1\); keep one"),
+    ("a folder as --config", ["train", "--config", "{config-folder}", "--train_file", "{d}"],
+     r"config file .*config-folder is a folder; pass the YAML file itself"),
     ("unknown YAML key", ["train", "--config", "{typo.yaml}", "--train_file", "{d}"],
      r"typo\.yaml: unknown option 'learning_rte'; did you mean 'learning_rate'\?"),
     ("YAML value of the wrong type", ["train", "--config", "{wrong-type.yaml}",
@@ -336,3 +405,29 @@ def test_yaml_values_are_read_strictly_but_keep_their_meaning() -> None:
                                      "max_steps": 3.0, "seed": "7", "model": 123})
     assert config.overwrite is False and config.bf16 == "true"
     assert (config.max_steps, config.seed, config.model) == (3, 7, "123")
+
+
+def test_a_byte_order_mark_is_not_a_malformed_line(tmp_path) -> None:
+    """Windows editors start UTF-8 files with a BOM; it is not part of the first record."""
+    from neft.data import load_records
+
+    record = {"source": "the file", "target": "die Datei", "tgt_lang": "de"}
+    (tmp_path / "bom.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8-sig")
+    (tmp_path / "bom.json").write_text(json.dumps([record]), encoding="utf-8-sig")
+    (tmp_path / "bom.csv").write_text("source,target,tgt_lang\nthe file,die Datei,de\n",
+                                      encoding="utf-8-sig")
+    for name in ("bom.jsonl", "bom.json", "bom.csv"):
+        assert load_records(str(tmp_path / name), task="translation")[0]["source"] == "the file"
+
+
+def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys) -> None:
+    """--overwrite is the way through the refusals above (select and eval)."""
+    out = tmp_path / "set.safetensors"
+    out.write_text("old")
+    argv = fill([*SELECT[:-2], str(out), "--neurons", "3"], world)
+    assert run_cli(argv) == 2
+    assert out.read_text() == "old"
+    assert run_cli([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+    from neft.neurons import NeuronSet
+
+    assert NeuronSet.load(out).num_neurons() == 3

@@ -162,3 +162,35 @@ def test_selection_is_identical_across_runs(scorer, extra, tiny_model_dir, toy_d
     if scorer == "random":
         other = select("c.safetensors", seed=6)
         assert any(not torch.equal(first[k], other.get(k, torch.empty(0))) for k in first)
+
+
+@pytest.mark.parametrize("axes", [{"rows": [3, 5]}, {"cols": [1, 2]}, {"rows": [3], "cols": [4]}],
+                         ids=["rows", "cols", "both"])
+def test_tied_lm_head_never_writes_into_the_shared_embedding(axes, tmp_path) -> None:
+    """GPT-2 (like SmolLM2) ties lm_head to the input embedding. The fast path would write
+    W0 + D into that one tensor, so the embedding changed too and two forwards differed;
+    merge must also give what the adapter computes, saved and loaded again."""
+    model = make_model("gpt2", dtype=torch.float32)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    embedding = model.transformer.wte.weight.detach().clone()
+    neft = get_neft_model(model, NeftConfig(neurons={"lm_head": axes}))
+    for _, layer in neft.neft_layers():
+        for delta in layer.get_deltas():
+            delta.normal_()
+    first = logits(neft)
+    assert torch.equal(logits(neft), first)  # the second forward is the first
+    assert torch.equal(model.transformer.wte.weight, embedding)
+    neft.save_pretrained(tmp_path / "adapter")
+    neft.merge_adapter()
+    torch.testing.assert_close(logits(neft), first)
+    neft.unmerge_adapter()
+    assert model.lm_head.base_layer.weight is model.transformer.wte.weight  # tied again
+    assert torch.equal(model.transformer.wte.weight, embedding)
+    merged = neft.merge_and_unload()
+    torch.testing.assert_close(logits(merged), first)
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(reloaded), first)
+    loaded = NeftModel.from_pretrained(make_model("gpt2", dtype=torch.float32),
+                                       tmp_path / "adapter")
+    torch.testing.assert_close(logits(loaded), first)

@@ -132,3 +132,69 @@ def test_ctrl_c_during_select_writes_nothing(tiny_model_dir, toy_data_dir, tmp_p
     text = log.read_text()
     assert "neft select: interrupted" in text and "Traceback" not in text
     assert list(tmp_path.iterdir()) == [log]  # no output, no temporary file
+
+
+# ----------------------------------------------------------------- one run per folder, resume
+
+
+def _train_argv(model: str, data: str, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", model, "--method", "random", "--num_neurons", "4",
+            "--train_file", data, "--output_dir", str(out), "--max_length", "64",
+            "--per_device_train_batch_size", "8", "--logging_steps", "1", *extra]
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_a_second_train_into_a_busy_folder_is_refused(tiny_model_dir, toy_data_dir, tmp_path,
+                                                      capsys) -> None:
+    """The folder's lock is held (as by a `neft train` running there): a second run gets
+    one line and exit 2 and writes nothing; the check and the claim are no longer a race."""
+    from neft.cli import main
+    from neft.files import folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(str(out), "held by the test"):
+        before = _files(out)
+        code = main(_train_argv(tiny_model_dir, f"{toy_data_dir}/train.jsonl", out,
+                                "--max_steps", "1"))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"neft train: error: another neft train is writing into {out}")
+        assert _files(out) == before
+    assert not out.exists()  # the lock's folder goes with it when nothing else is in it
+    assert main(_train_argv(tiny_model_dir, f"{toy_data_dir}/train.jsonl", out,
+                            "--max_steps", "1")) == 0
+    assert not (out / ".neft.lock").exists() and (out / ADAPTER).is_file()
+
+
+def test_resume_refuses_changed_data_and_leaves_a_finished_run_alone(tiny_model_dir,
+                                                                     toy_data_dir, tmp_path,
+                                                                     capsys) -> None:
+    """24 records at batch 8 are 3 steps an epoch; --max_steps 7 ends inside an epoch.
+    Resuming that finished run used to train step 8 (at lr 0) and rewrite every output;
+    resuming on edited data trained a mix of two datasets without a word."""
+    import json
+
+    from neft.cli import main
+
+    data = tmp_path / "train.jsonl"
+    shutil.copy(f"{toy_data_dir}/train.jsonl", data)
+    out = tmp_path / "run"
+    argv = _train_argv(tiny_model_dir, str(data), out, "--max_steps", "7")
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = _files(out)
+    assert main([*argv, "--resume"]) == 0
+    assert "is finished (step 7 of max_steps 7); nothing to resume" in capsys.readouterr().err
+    assert _files(out) == before
+    assert json.loads((out / "neft_run.json").read_text())["result"]["global_step"] == 7
+
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    assert main([*argv[:-1], "9", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume: the training data differs from the data the run" in err[0]
+    assert _files(out) == before

@@ -210,3 +210,95 @@ def test_result_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_wrap_that_fails_half_way_leaves_the_model_as_given(monkeypatch) -> None:
+    """The second module's layer fails: the first must not stay wrapped, nor any
+    requires_grad flag changed."""
+    import neft.model
+
+    made = []
+
+    class FailsSecond(neft.model.NeuronDeltaLayer):
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(1)
+            if len(made) == 2:
+                raise NeftError("the second layer fails")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(neft.model, "NeuronDeltaLayer", FailsSecond)
+    model = make_model("llama")
+    model.lm_head.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    names = [n for n, _ in model.named_modules()]
+    with pytest.raises(NeftError, match="the second layer fails"):
+        get_neft_model(model, NeftConfig(neurons={UP: {"rows": [1]}, DOWN: {"cols": [2]}}))
+    assert [n for n, _ in model.named_modules()] == names
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_a_module_already_wrapped_by_peft_is_refused_before_any_wrapping() -> None:
+    """validate() sees through a wrapper's base_layer; wrapping it would fail half-way."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_model("llama"), LoraConfig(r=2, target_modules=["down_proj"]))
+    inner = model.base_model.model
+    names = [n for n, _ in inner.named_modules()]
+    with pytest.raises(NeftError, match="neft trains neurons of nn.Linear or Conv1D"):
+        get_neft_model(inner, NeftConfig(neurons={UP: {"rows": [1]}, DOWN: {"cols": [2]}}))
+    assert [n for n, _ in inner.named_modules()] == names
+
+
+def test_stacking_a_second_adapter_says_to_merge_the_first(tmp_path) -> None:
+    folder = adapter_dir(tmp_path)
+    loaded = NeftModel.from_pretrained(make_model("llama"), folder)
+    for target in (loaded, loaded.base_model):
+        with pytest.raises(NeftError, match="stacking a second one is not supported: merge "
+                                            r"the first .*merge_and_unload"):
+            NeftModel.from_pretrained(target, folder)
+    merged = loaded.merge_and_unload()
+    NeftModel.from_pretrained(merged, folder)  # onto the merged model: fine
+
+
+def test_every_output_gets_the_users_umask(tiny_model_dir, tmp_path) -> None:
+    """safetensors, mkstemp and mkdtemp create files 0600 and folders 0700: adapters,
+    NeuronSets, merged models and data files must be as readable as anything the user
+    makes (here under umask 027)."""
+    from neft.cli import main
+    from neft.data import write_jsonl
+
+    previous = os.umask(0o027)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        neft = get_neft_model(model, NeftConfig(neurons={UP: {"rows": [3]}}))
+        neft.save_pretrained(tmp_path / "adapter")
+        select_neurons(tiny_model_dir, "random", neurons=3, progress=False).save(
+            tmp_path / "set.safetensors")
+        write_jsonl(str(tmp_path / "data.jsonl"), [{"a": 1}])
+        assert main(["merge", "--model", tiny_model_dir, "--adapter", str(tmp_path / "adapter"),
+                     "--output_dir", str(tmp_path / "merged")]) == 0
+    finally:
+        os.umask(previous)
+    for folder, dirs, files in os.walk(tmp_path):
+        for name in dirs:
+            assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o750, name
+        for name in files:
+            assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o640, name
+
+
+def test_an_adapter_records_a_local_base_as_an_absolute_path(tiny_model_dir, tmp_path,
+                                                             monkeypatch) -> None:
+    """Typed relative, it would name another folder (or none) when used from elsewhere;
+    hub ids and the embedded name stay as typed."""
+    from neft.models import recorded_name
+
+    shutil.copytree(tiny_model_dir, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_model("base")
+    neft = get_neft_model(model, NeftConfig(neurons={UP: {"rows": [3]}},
+                                            base_model_name_or_path="base"))
+    neft.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "base")
+    assert recorded_name("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert recorded_name("smollm2-135m") == "smollm2-135m"

@@ -443,5 +443,5 @@ def test_cli_selects_combines_and_reports_errors(llama, tmp_path, capsys):
                  str(tmp_path / "u.safetensors")]) == 0
     assert NeuronSet.load(tmp_path / "u.safetensors") == NeuronSet.load(out)
     assert main(["select", "--model", str(tmp_path / "base"), "--scorer", "random",
-                 "--neurons", "500", "--output", str(out)]) == 2
+                 "--neurons", "500", "--output", str(out), "--overwrite"]) == 2
     assert "pool of 96" in capsys.readouterr().err

@@ -40,6 +40,7 @@ from torch import nn
 
 from .config import option
 from .errors import NeftError
+from .files import atomic_text, check_output_files, check_output_folder
 from .model import NeftConfig, get_neft_model
 from .neurons import (
     count_parameters,
@@ -107,6 +108,8 @@ class BenchConfig:
     seed: int = option("seed of the data, the neurons and the weights", 0)
     output_dir: str = option("where <name>.json, .md and .png go", "outputs/bench")
     name: str | None = option("file name stem (default speed_<device>)")
+    overwrite: bool = option("replace an earlier <name>.json/.md/.png (notes below the "
+                             "marker in .md are kept)", False)
     timeout: int = option("seconds one mode may take before it is stopped", 1200)
     time_budget: int | None = option("seconds for the whole run: modes not started by then are "
                                      "reported as skipped, and none runs past it")
@@ -647,10 +650,8 @@ def write_results(results: dict[str, Any], output_dir: str, name: str) -> list[s
         if NOTES_MARKER in old:
             report += "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
     for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", report)):
-        tmp = f"{stem}{suffix}.tmp-{os.getpid()}"
-        with open(tmp, "w") as handle:
+        with atomic_text(stem + suffix) as handle:
             handle.write(text)
-        os.replace(tmp, stem + suffix)
     written = [stem + ".json", stem + ".md"]
     if any(r["budget"] for r in results["runs"] if "error" not in r):
         plot(results, stem + ".png")
@@ -662,6 +663,9 @@ def main(config: BenchConfig) -> int:
     """Run, print the report, write the files; exit status 1 if any mode failed."""
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise NeftError("device cuda asked for but torch sees no CUDA device")
+    stem = os.path.join(config.output_dir, config.name or f"speed_{config.device}")
+    check_output_folder(config.output_dir)  # before minutes of measuring
+    check_output_files([stem + ext for ext in (".json", ".md", ".png")], config.overwrite)
     results = run_benchmark(config)
     print()
     print(format_report(results))

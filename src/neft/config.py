@@ -48,6 +48,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def finite_float(text: str) -> float:
+    """argparse type for a float flag: 'nan' and 'inf' parse as floats, but no option of
+    neft means anything with them (a NaN percent compares false with every bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """A ``--name`` flag per field, default None so that YAML values are not overridden."""
     parser.add_argument("--config", help="YAML file with any of these options")
@@ -60,18 +72,47 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
                                 help=f"{help_text} (default: {default})")
         else:
-            parser.add_argument(flag, type=kind if kind in (int, float) else str, default=None,
+            types_ = {int: int, float: finite_float}
+            parser.add_argument(flag, type=types_.get(kind, str), default=None,
                                 help=f"{help_text} (default: {default})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice: YAML keeps the last silently, so a
+    second `learning_rate:` further down would win unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise NeftError(f"{self.name}:{line}: option {key!r} is given twice (first on "
+                                f"line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    if os.path.isdir(path):
+        raise NeftError(f"config file {path} is a folder; pass the YAML file itself")
     if not os.path.isfile(path):
         raise NeftError(f"config file {path} does not exist")
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
+        with open(path, encoding="utf-8-sig") as handle:
+            loader = _UniqueKeyLoader(handle)
+            loader.name = os.fspath(path)
+            try:
+                data = loader.get_single_data() or {}
+            finally:
+                loader.dispose()
     except yaml.YAMLError as exc:
-        raise NeftError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise NeftError(f"{where}: not valid YAML ({problem}); fix that line") from exc
+    except UnicodeDecodeError as exc:
+        raise NeftError(f"{path}: not UTF-8 text ({exc.reason}); re-encode it as UTF-8") from None
     if not isinstance(data, dict):
         raise NeftError(f"{path} must hold a mapping of option: value")
     return data

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from .errors import NeftError
+from .files import atomic_text
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _looks_like_file(source: str) -> bool:
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -141,7 +141,7 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_json(path: str) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         try:
             rows = json.load(f)
         except json.JSONDecodeError as exc:
@@ -275,17 +275,9 @@ def load_records(
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     """One JSON object a line, written to a temp file then renamed: never a half file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_text(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- templates

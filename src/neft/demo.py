@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .analyze.plots import save_figure
 from .config import from_dict
 from .data import harvest_gettext, write_jsonl
 from .errors import NeftError
+from .files import atomic_text, check_output_files, check_output_folder, write_json
 from .models import load_model
 from .train import TrainConfig, train
 
@@ -36,6 +38,7 @@ class DemoConfig:
     lora_r: int = 8
     scorer: str = "gradient"
     seed: int = 1234
+    overwrite: bool = False  # replace an earlier demo's report in output_dir
 
 
 def prepare_data(config: DemoConfig) -> str:
@@ -108,8 +111,7 @@ def plot(config: DemoConfig, runs: dict[str, dict[str, Any]],
     bars.legend()
     fig.tight_layout()
     path = os.path.join(config.output_dir, "demo.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -132,6 +134,9 @@ def run_demo(config: DemoConfig | None = None) -> str:
     config = config or DemoConfig()
     if config.max_steps < 2:
         raise NeftError("the demo needs max_steps >= 2")
+    report_files = [os.path.join(config.output_dir, f"demo.{ext}") for ext in ("md", "json", "png")]
+    check_output_folder(config.output_dir)
+    check_output_files(report_files, config.overwrite)  # before 15 minutes of training
     start = time.perf_counter()
     load_model("smollm2-135m")  # builds the cached plain checkpoint on first use
     data = prepare_data(config)
@@ -146,10 +151,9 @@ def run_demo(config: DemoConfig | None = None) -> str:
               f"{config.seed}; {config.test_examples} held-out test messages; "
               f"{minutes:.1f} minutes in all.\n\n{text}\n\n![demo](demo.png)\n")
     path = os.path.join(config.output_dir, "demo.md")
-    with open(path + ".tmp", "w") as handle:
+    with atomic_text(path) as handle:
         handle.write(report)
-    os.replace(path + ".tmp", path)
-    with open(os.path.join(config.output_dir, "demo.json"), "w") as handle:
-        json.dump({"runs": runs, "scores": scores}, handle, indent=2, default=str)
+    write_json(os.path.join(config.output_dir, "demo.json"), {"runs": runs, "scores": scores},
+               allow_nan=True)
     print("\n" + text + f"\n\nwritten: {path}, {picture} ({minutes:.1f} minutes)")
     return path

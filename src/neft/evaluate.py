@@ -29,11 +29,11 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from .config import option
 from .data import encode_prompt, load_records, render_example, resolve_template
 from .errors import NeftError
-from .files import write_json
+from .files import check_output_file, write_json
 from .general_text import fingerprint, load_drift_sets
 from .likelihood import drift, target_loss
 from .metrics import GENERATION_METRICS, language_code, parse_metrics, score
-from .models import EMBEDDED_NAMES, EMBEDDED_ORIGIN, load_model
+from .models import EMBEDDED_NAMES, EMBEDDED_ORIGIN, check_length, load_adapter_base, load_model
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -137,6 +137,10 @@ def _generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_si
                               eos_token_id=stops, pad_token_id=pad,
                               no_repeat_ngram_size=no_repeat_ngram_size or None)
     encoded = prompt_token_ids(tokenizer, prompts)
+    longest = max((len(ids) for ids in encoded), default=0)
+    check_length(model, longest + max_new_tokens,
+                 f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens})",
+                 "pass --max_new_tokens {room} or less, or shorter prompts", fixed=longest)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM early
     device = next(model.parameters()).device
     newline_ids = newline_token_ids(tokenizer).to(device) if stop_at_newline else None
@@ -352,7 +356,11 @@ def load_for_eval(
     base = model or saved.get("base_model_name_or_path") or EMBEDDED_NAMES[0]
     if base == EMBEDDED_ORIGIN:
         base = EMBEDDED_NAMES[0]
-    loaded, tokenizer = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    if model is None and saved.get("base_model_name_or_path"):
+        loaded, tokenizer = load_adapter_base(base, adapter, dtype=dtype,
+                                              trust_remote_code=trust_remote_code)
+    else:
+        loaded, tokenizer = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
     kind = None
     if adapter:
         kind = str(saved.get("peft_type", "")).upper()
@@ -428,6 +436,7 @@ class EvalConfig:
                                     "adapter's base, or the base a `neft train` output names)")
     comet_model: str | None = option("local COMET checkpoint (folder or model.ckpt) for comet")
     output_file: str | None = option("write hypotheses and scores here as JSON")
+    overwrite: bool = option("replace output_file if it exists", False)
     dtype: str | None = option("model dtype: float32, bfloat16, float16 or auto")
     trust_remote_code: bool = option("allow model code from the hub (off for safety)", False)
 
@@ -472,8 +481,13 @@ def drift_base(config: EvalConfig, described: Mapping[str, Any]) -> str:
                     "from: pass --base_model")
 
 
-def run_eval(config: EvalConfig) -> dict[str, Any]:
-    """Load, generate/score; write config.output_file when given. Returns the result."""
+def run_eval(config: EvalConfig, write: bool = True) -> dict[str, Any]:
+    """Load, generate, score; write config.output_file when given (and ``write``: the CLI
+    prints the scores first, so that a late write failure cannot lose them). Returns the
+    result. The output file is checked before anything is loaded."""
+    if config.output_file:
+        check_output_file(config.output_file, config.overwrite, "output_file",
+                          example="eval.json")
     field_map = {name: standard for name, standard in ((config.source_field, "source"),
                                                        (config.target_field, "target")) if name}
     records = load_records(config.data, split=config.split, field_map=field_map,
@@ -499,7 +513,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
                             base_model=base, drift_sets=drift_sets)
     result = {**described, "data": config.data, "split": config.split, **result,
               "config": asdict(config)}
-    if config.output_file:
+    if config.output_file and write:
         write_json(config.output_file, result)
     return result
 

@@ -142,8 +142,14 @@ class NeuronDeltaLayer(_NeuronLayerBase):
     sync_weight = True
 
     def __init__(self, base_layer: nn.Module, rows: torch.Tensor, cols: torch.Tensor,
-                 delta_dtype: torch.dtype | None = torch.float32) -> None:
+                 delta_dtype: torch.dtype | None = torch.float32,
+                 shared_weight: bool = False) -> None:
         super().__init__(base_layer, rows, cols)
+        # A weight tied to another module (lm_head and embed_tokens): W0 + D written into it
+        # would change that module too, so such a layer never takes the fast path, and
+        # merging gives it a weight of its own (see merge).
+        self.shared_weight = shared_weight
+        self._tied: nn.Parameter | None = None
         weight = base_layer.weight
         dtype = delta_dtype or weight.dtype
         base_layer.weight.requires_grad_(False)
@@ -215,7 +221,8 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         during forward, not an FSDP1 view or a ZeRO-3 partitioned parameter, not quantized,
         not on meta or offloaded by accelerate)."""
         weight = self.base_layer.weight
-        return (self.sync_weight and type(weight) is nn.Parameter and weight.is_floating_point()
+        return (self.sync_weight and not self.shared_weight and type(weight) is nn.Parameter
+                and weight.is_floating_point()
                 and self._sync_target() is weight and not hasattr(weight, "ds_id")
                 and weight.device.type != "meta" and weight.storage_offset() == 0
                 and weight.numel() == self.out_features * self.in_features
@@ -289,11 +296,26 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         if not self.merged and _is_sharded(self.base_layer.weight):
             raise NeftError("cannot merge into a sharded base weight (FSDP / DeepSpeed ZeRO-3): "
                             "save the adapter, then merge it on one process (`neft merge`)")
+        if self.shared_weight and self._tied is None:
+            # Untie: this layer gets W0 + D in a copy, the other module keeps W0.
+            weight = self.base_layer.weight
+            self._tied = weight
+            self.base_layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self._sync(verify=True)
         self.merged = True
 
+    @property
+    def untied(self) -> bool:
+        """Merged into a copy of a weight that was shared (see merge)."""
+        return self._tied is not None
+
     def unmerge(self) -> None:
-        self._unsync()
+        if self._tied is not None:  # drop the merged copy, share the original again
+            self.base_layer.weight = self._tied
+            self._tied = None
+            self._original = self._stamp = None
+        else:
+            self._unsync()
         self.merged = False
 
     # -- adapter state ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, DataCollator, build_dataset, encode_prompt
 from .errors import NeftError
+from .models import check_length
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -103,6 +104,8 @@ def target_loss(
     nll = [0.0] * len(dataset)
     counts = [0] * len(dataset)
     lengths = [len(example["input_ids"]) for example in dataset.examples]
+    check_length(model, max(lengths), f"the longest example (max_length {max_length})",
+                 "pass --max_length {room} or less")
     with _EvalMode(model), tqdm(total=len(dataset), desc="test loss", unit="ex",
                                 disable=not progress, file=sys.stderr) as bar:
         for batch in _batches(lengths, batch_size):
@@ -157,6 +160,8 @@ def drift(
     windows = text_windows(tokenizer, texts, max_length)
     if not windows:
         raise NeftError("the general texts are too short to measure drift on (2+ tokens each)")
+    check_length(model, max(len(ids) for _, ids in windows),
+                 f"a drift window (max_length {max_length})", "pass --max_length {room} or less")
     pad = _pad_id(tokenizer)
     device = _device(model)
     kl = [0.0] * len(texts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,9 +28,12 @@ from .neurons import (
     NeuronSet,
     atomic_save_file,
     count_parameters,
+    is_target_layer,
     model_fingerprint,
     read_safetensors,
 )
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -87,6 +91,40 @@ class NeftConfig:
         return data
 
 
+def shared_weights(model: nn.Module) -> set[str]:
+    """Modules whose weight is also another module's parameter (tied input and output
+    embeddings, as in SmolLM2 and GPT-2): writing W0 + D into such a weight would change
+    the other module too."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name.rpartition(".")[0])
+    shared = set()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and len(set(owners.get(id(weight), []))) > 1:
+            shared.add(name)
+    return shared
+
+
+def _untie_config(model: nn.Module) -> None:
+    """Tell transformers not to tie the embeddings again (on save, load or tie_weights)."""
+    config = getattr(model, "config", None)
+    for part in {id(c): c for c in (config, getattr(config, "get_text_config",
+                                                    lambda: None)())}.values():
+        if part is not None and hasattr(part, "tie_word_embeddings"):
+            part.tie_word_embeddings = False
+
+
+def _refuse_stacking(model: nn.Module) -> None:
+    """One adapter per model: a second would be wrapped around the first one's layers."""
+    if isinstance(model, NeftModel) or any(
+            isinstance(m, (NeuronDeltaLayer, NeuronMaskLayer)) for m in model.modules()):
+        raise NeftError("this model already holds a neft adapter, and stacking a second one "
+                        "is not supported: merge the first into the weights "
+                        "(model = model.merge_and_unload()) and load the second onto that, "
+                        "or load the second onto a fresh base model")
+
+
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -102,22 +140,50 @@ class NeftModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: NeftConfig) -> None:
         super().__init__()
+        _refuse_stacking(model)
         neurons = config.resolve_neurons(model)
+        modules = dict(model.named_modules())
+        for path in neurons.modules():
+            if not is_target_layer(modules[path]):
+                raise NeftError(f"neurons name {path}, a {type(modules[path]).__name__}: neft "
+                                "trains neurons of nn.Linear or Conv1D layers only (is the "
+                                "model already wrapped by peft?)")
         self.base_model = model
         self.neft_config = config
         self.base_fingerprint = model_fingerprint(model)
         self.neurons = neurons
-        for param in model.parameters():
-            param.requires_grad_(False)
-        dtype = DTYPES[config.delta_dtype] if config.delta_dtype else None
-        for path in neurons.modules():
-            base_layer = model.get_submodule(path)
-            rows, cols = neurons.get(path, "rows"), neurons.get(path, "cols")
-            if config.mode == "compact":
-                layer: nn.Module = NeuronDeltaLayer(base_layer, rows, cols, dtype)
-            else:
-                layer = NeuronMaskLayer(base_layer, rows, cols)
-            _set_submodule(model, path, layer)
+        shared = shared_weights(model)
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        done: list[tuple[str, nn.Module]] = []
+        try:
+            for param in model.parameters():
+                param.requires_grad_(False)
+            dtype = DTYPES[config.delta_dtype] if config.delta_dtype else None
+            for path in neurons.modules():
+                base_layer = model.get_submodule(path)
+                rows, cols = neurons.get(path, "rows"), neurons.get(path, "cols")
+                if config.mode == "compact":
+                    layer: nn.Module = NeuronDeltaLayer(base_layer, rows, cols, dtype,
+                                                        shared_weight=path in shared)
+                else:
+                    layer = NeuronMaskLayer(base_layer, rows, cols)
+                _set_submodule(model, path, layer)
+                done.append((path, layer))
+        except BaseException:
+            # A half-wrapped model is worse than none: the caller's model goes back as given.
+            for path, layer in reversed(done):
+                if isinstance(layer, NeuronMaskLayer):
+                    layer.remove_hook()
+                _set_submodule(model, path, layer.base_layer)
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            raise
+        if shared:
+            names = sorted(p for p in neurons.modules() if p in shared)
+            if names:
+                logger.info("%s share their weight with other modules (tied embeddings); "
+                            "their deltas are added on the fly, never written into the "
+                            "shared weight", ", ".join(names))
 
     # -- delegation ------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -191,12 +257,18 @@ class NeftModel(nn.Module):
             layer.unmerge()
 
     def merge_and_unload(self) -> nn.Module:
-        """Add the deltas into the base weights exactly and return the plain model."""
+        """Add the deltas into the base weights exactly and return the plain model. A
+        module whose weight was tied to another's (lm_head and embed_tokens) gets its own
+        merged weight and the config says so, so that the saved model loads as trained."""
+        untied = False
         for path, layer in list(self.neft_layers()):
             layer.merge()
+            untied = untied or bool(getattr(layer, "untied", False))
             if isinstance(layer, NeuronMaskLayer):
                 layer.remove_hook()
             _set_submodule(self.base_model, path, layer.base_layer)
+        if untied:
+            _untie_config(self.base_model)
         return self.base_model
 
     def _unwrap(self) -> None:
@@ -270,6 +342,10 @@ class NeftModel(nn.Module):
         if config.get("base_model_name_or_path") is None:
             config["base_model_name_or_path"] = getattr(
                 getattr(self.base_model, "config", None), "_name_or_path", None)
+        if config["base_model_name_or_path"]:
+            from .models import recorded_name
+
+            config["base_model_name_or_path"] = recorded_name(config["base_model_name_or_path"])
         path = os.path.join(save_directory, CONFIG_NAME)
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w") as handle:
@@ -354,6 +430,7 @@ class NeftModel(nn.Module):
                         is_trainable: bool = False) -> NeftModel:
         """Wrap ``model`` with a saved adapter. Frozen unless ``is_trainable``."""
         saved = cls.read_config(adapter_dir)
+        _refuse_stacking(model)
         fingerprint = saved.get("base_fingerprint")
         if fingerprint and fingerprint != model_fingerprint(model):
             raise NeftError(f"adapter {adapter_dir} was trained on another base model "

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -96,11 +97,9 @@ def _build_embedded(out_dir: str) -> None:
 
 def _make_shareable(folder: str) -> None:
     """Give the cache the umask's usual modes (mkdtemp and some writers use 0700/0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for name in os.listdir(folder):
-        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+    from .files import apply_umask
+
+    apply_umask(folder)
 
 
 def ensure_embedded_model() -> str:
@@ -282,3 +281,51 @@ def load_model(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def position_limit(model: nn.Module) -> tuple[int, str] | None:
+    """(positions, config field) the model can attend over, when its config says: learned
+    position tables (GPT-2's n_positions, OPT) fail with an IndexError past it, rotary
+    models degrade. None when the config names no limit."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, name
+    return None
+
+
+def check_length(model: nn.Module, length: int, what: str, fix: str, fixed: int = 0) -> None:
+    """Refuse, before the work, a sequence longer than the model's positions: one line
+    naming both numbers (``what`` says where the length comes from, ``fix`` what to do,
+    with ``{room}`` the positions left beside the ``fixed`` part, e.g. the prompt)."""
+    limit = position_limit(model)
+    if limit is not None and length > limit[0]:
+        room = limit[0] - fixed
+        advice = (fix.format(room=room) if room > 0 or not fixed else
+                  "the prompt alone fills them: shorten the inputs")
+        raise NeftError(f"{what} is {length} tokens but the model has {limit[0]} positions "
+                        f"({limit[1]} in its config); {advice}")
+
+
+def recorded_name(name_or_path: str) -> str:
+    """How an adapter records its base: a local folder as an absolute path (so that the
+    adapter works from any working directory), a hub id or the embedded name as typed."""
+    if is_embedded(name_or_path):
+        return name_or_path
+    path = os.path.expanduser(name_or_path)
+    return os.path.abspath(path) if os.path.isdir(path) else name_or_path
+
+
+def load_adapter_base(name: str, adapter: str, **options: object
+                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """load_model for the base an adapter recorded: when it fails, say that the name came
+    from the adapter (the user never typed it) and how to give another."""
+    try:
+        return load_model(name, **options)  # type: ignore[arg-type]
+    except NeftError as exc:
+        raise NeftError(f"adapter {adapter} names its base model {name!r} (base_model_name_or_"
+                        f"path in its adapter_config.json), which cannot be loaded: {exc}; pass "
+                        "the base model with --model") from exc

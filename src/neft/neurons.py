@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import NeftError
+from .files import publish
 
 AXES = ("rows", "cols")
 NEURONSET_FORMAT = "neft.neuronset"
@@ -450,7 +451,7 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)  # safetensors creates it 0600
     except SafetensorError as exc:  # e.g. an unwritable folder or a full disk
         raise NeftError(f"cannot write {path} ({str(exc).strip().splitlines()[0]}); check "
                         "that its folder is writable and has space") from exc

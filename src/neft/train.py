@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -36,9 +37,9 @@ from .data import (
     load_records,
 )
 from .errors import NeftError
-from .files import write_json
+from .files import apply_umask, check_output_folder, folder_lock, is_lock_file, write_json
 from .model import NeftConfig, NeftModel, get_neft_model
-from .models import load_model
+from .models import check_length, load_model, recorded_name
 from .neurons import NeuronSet, count_parameters, find_neuron_groups
 
 METHODS = ("neft", "random", "lora", "full", "ft-inout")
@@ -238,7 +239,7 @@ def prepare_output_dir(config: TrainConfig) -> bool:
     if os.path.exists(path) and not os.path.isdir(path):
         raise NeftError(f"output_dir {path} is a file; pass a folder (new or empty) for the run")
     run_file = os.path.join(path, RUN_FILE)
-    occupied = os.path.isdir(path) and bool(os.listdir(path))
+    occupied = _occupied(path)
     if not occupied:
         if config.resume:
             raise NeftError(f"--resume: {path} holds no run to resume; drop --resume")
@@ -266,15 +267,64 @@ def prepare_output_dir(config: TrainConfig) -> bool:
     return any(name.startswith("checkpoint-") for name in os.listdir(path))
 
 
+def _occupied(path: str) -> bool:
+    """Whether ``path`` holds anything but this run's lock."""
+    return os.path.isdir(path) and any(not is_lock_file(n) for n in os.listdir(path))
+
+
+def _clear(path: str) -> None:
+    """Remove everything in ``path`` but the lock that this process holds on it."""
+    for name in os.listdir(path):
+        if is_lock_file(name):
+            continue
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.remove(full)
+
+
 def _claim_output_dir(config: TrainConfig, resume: bool) -> bool:
     """Make output_dir this run's, removing an old run under --overwrite; called once every
     check has passed. Returns True when the folder is new (so it can go on failure)."""
     path = config.output_dir
     if config.overwrite and not config.resume and os.path.isfile(os.path.join(path, RUN_FILE)):
-        shutil.rmtree(path)
-    fresh = not resume and not (os.path.isdir(path) and os.listdir(path))
+        _clear(path)
+    fresh = not resume and not _occupied(path)
     os.makedirs(path, exist_ok=True)
     return fresh
+
+
+def _run_record(config: TrainConfig, fingerprint: str) -> dict[str, Any]:
+    return {**config.to_dict(), "data_fingerprint": fingerprint}
+
+
+def _recorded_run(path: str) -> dict[str, Any]:
+    """neft_run.json of the run in ``path`` ({} when there is none or it is unreadable;
+    prepare_output_dir has refused a damaged one already)."""
+    try:
+        with open(os.path.join(path, RUN_FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finished_run(config: TrainConfig, previous: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded summary when --resume finds the run already complete at its
+    max_steps: Trainer would run one more step (at learning rate 0) when max_steps is not
+    a multiple of the steps per epoch, and then rewrite the outputs. None otherwise."""
+    result = previous.get("result")
+    if config.max_steps <= 0 or not isinstance(result, dict) or result.get("interrupted"):
+        return None
+    step = result.get("global_step")
+    if not isinstance(step, int) or step < config.max_steps:
+        return None
+    print(f"neft train: the run in {config.output_dir} is finished (step {step} of "
+          f"max_steps {config.max_steps}); nothing to resume, no file changed (pass a larger "
+          "--max_steps to train on, or --overwrite to start again)", file=sys.stderr,
+          flush=True)
+    return result
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -299,7 +349,7 @@ def _discard_run(path: str) -> None:
     """A run that failed before its first checkpoint leaves nothing to resume: remove it, so
     that the next try needs neither --resume nor --overwrite."""
     if os.path.isdir(path) and not any(n.startswith("checkpoint-") for n in os.listdir(path)):
-        shutil.rmtree(path, ignore_errors=True)
+        _clear(path)  # the folder itself goes with the lock, if the run made it
 
 
 # ----------------------------------------------------------------------------- models
@@ -356,7 +406,10 @@ def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Mod
                           target_modules=targets if targets == "all-linear"
                           else [t.strip() for t in targets.split(",")])
         try:
-            return get_peft_model(model, lora)
+            wrapped = get_peft_model(model, lora)
+            # the adapter works from any working directory (peft records the path as typed)
+            wrapped.peft_config["default"].base_model_name_or_path = recorded_name(config.model)
+            return wrapped
         except ValueError as exc:  # e.g. target modules the model does not have
             text = str(exc).strip()
             raise NeftError(f"LoRA cannot be applied: {text.splitlines()[0] if text else exc!r}"
@@ -596,13 +649,46 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     evaluation).
 
     Every check that can fail (data files, step settings, model, neurons) runs before the
-    output folder is touched, so bad input leaves no half-made run behind.
+    output folder is touched, so bad input leaves no half-made run behind. The folder is
+    locked for the whole run (rank 0): the check that it holds no other run and the writes
+    that follow are one step, so a second `neft train` into it fails instead of mixing in.
     """
+    check_output_folder(config.output_dir)
+    if not _is_main_process():
+        return _train(config, callbacks)
+    busy = (f"another neft train is writing into {config.output_dir}; wait for it to finish "
+            "or choose another --output_dir")
+    with folder_lock(config.output_dir, busy):
+        return _train(config, callbacks)
+
+
+def data_fingerprint(records: list[dict]) -> str:
+    """Hash of the training records as read (after field_map and max_train_samples): a
+    --resume on changed data would silently train a mix of two datasets."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False,
+                                 default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
     resume = prepare_output_dir(config)
     set_seed(config.seed)
     start = time.perf_counter()
     train_records = _records(config, config.train_file, config.train_split,
                              config.max_train_samples)
+    fingerprint = data_fingerprint(train_records)
+    previous = _recorded_run(config.output_dir) if config.resume else {}
+    recorded = previous.get("data_fingerprint")
+    if recorded and recorded != fingerprint:
+        raise NeftError(f"--resume: the training data differs from the data the run in "
+                        f"{config.output_dir} began with (fingerprint {fingerprint} vs "
+                        f"{recorded}); resume with the same data or use --overwrite")
+    finished = _finished_run(config, previous) if resume else None
+    if finished is not None:
+        return finished
     eval_source = _eval_source(config)
     eval_records = (_records(config, eval_source, config.eval_split, config.max_eval_samples)
                     if eval_source else None)
@@ -615,6 +701,11 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         if eval_records is not None:
             eval_data = _build(config, eval_records, tokenizer)
             print("dev data: " + format_length_stats(length_stats(eval_data)), flush=True)
+        for name, data in (("training", train_data), ("dev", eval_data)):
+            if data is not None:
+                longest = max((len(e["input_ids"]) for e in data.examples), default=0)
+                check_length(model, longest, f"the longest {name} example (max_length "
+                             f"{config.max_length})", "pass --max_length {room} or less")
         total_params = count_parameters(model)
         model = prepare_model(model, config, train_data)
     trainable = trainable_parameters(model)
@@ -624,7 +715,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     fresh = False
     if _is_main_process():
         fresh = _claim_output_dir(config, resume)
-        write_json(os.path.join(config.output_dir, RUN_FILE), config.to_dict())
+        write_json(os.path.join(config.output_dir, RUN_FILE), _run_record(config, fingerprint))
     checkpoint = last_checkpoint(config.output_dir) if resume else None
     if config.resume and checkpoint is None:
         print(f"neft train: no complete checkpoint in {config.output_dir}; starting at step 0",
@@ -676,7 +767,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         plot_losses(trainer.state.log_history, os.path.join(config.output_dir, PLOT_FILE),
                     f"{config.method} on {os.path.basename(config.train_file.rstrip('/'))}")
         write_json(os.path.join(config.output_dir, RUN_FILE),
-                   {**config.to_dict(), "result": summary}, allow_nan=True)
+                   {**_run_record(config, fingerprint), "result": summary}, allow_nan=True)
+        apply_umask(config.output_dir)  # Trainer's safetensors are written 0600
     if interrupted:
         print(f"neft train: stopped at step {trainer.state.global_step}; its checkpoint is in "
               f"{config.output_dir}: rerun with --resume (same options) to continue",

@@ -420,9 +420,21 @@ def analyze_utilization(
         means, tokens = mean_hidden_states(loaded, examples, batch_size, pad_id, progress)
         return utilization(loaded, means, groups, progress, {"name": name, "tokens": tokens})
 
-    loaded, tokenizer, _ = load_for_eval(base, dtype=dtype)
+    try:
+        loaded, tokenizer, _ = load_for_eval(base, dtype=dtype)
+    except NeftError as exc:
+        if model is not None:
+            raise
+        raise NeftError(f"adapter {adapter} names its base model {base!r} (base_model_name_or_"
+                        f"path in its adapter_config.json), which cannot be loaded: {exc}; "
+                        "pass the base model with --model") from exc
     examples = evaluation_examples(data, tokenizer, task, split, max_samples, max_length,
                                    template, source_lang, target_lang)
+    from ..models import check_length
+
+    check_length(loaded, max((len(e["input_ids"]) for e in examples), default=0),
+                 f"the longest example (max_length {max_length})",
+                 "pass --max_length {room} or less")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     first = measure(base, loaded, examples, pad_id)
     del loaded

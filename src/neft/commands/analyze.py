@@ -22,7 +22,7 @@ from ..analyze import (
     plot_distribution,
     plot_overlap,
 )
-from ..files import write_json
+from ..files import check_output_files, check_output_folder, write_json
 from .select import _target_modules
 
 DEFAULT_OUTPUT = os.path.join("outputs", "analyze")
@@ -35,6 +35,21 @@ def _add_sets(parser: argparse.ArgumentParser) -> None:
                         help="one name per set (default: the file names)")
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT,
                         help=f"where the .json and .png go (default {DEFAULT_OUTPUT})")
+    _add_overwrite(parser)
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace earlier results of this analysis in --output_dir")
+
+
+def _outputs(output_dir: str, name: str, exts: tuple[str, ...], overwrite: bool) -> list[str]:
+    """The files an analysis writes, checked before the work: an earlier result is
+    replaced only with --overwrite, and an unwritable folder fails now, not after it."""
+    check_output_folder(output_dir)
+    paths = [os.path.join(output_dir, f"{name}.{ext}") for ext in exts]
+    check_output_files(paths, overwrite)
+    return paths
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,14 +111,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     util.add_argument("--output_dir", default=DEFAULT_OUTPUT,
                       help=f"where the results go (default {DEFAULT_OUTPUT})")
     util.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_overwrite(util)
     util.set_defaults(func=run_utilization)
 
 
 def _report(name: str, result: dict[str, Any], text: str,
-            plot: Callable[[dict[str, Any], str], None], output_dir: str) -> int:
+            plot: Callable[[dict[str, Any], str], None], paths: list[str]) -> int:
     """Print the table, write ``<name>.json`` and ``<name>.png``."""
     print(text)
-    paths = [os.path.join(output_dir, f"{name}.{ext}") for ext in ("json", "png")]
     write_json(paths[0], result)
     plot(result, paths[1])
     print("wrote " + ", ".join(paths))
@@ -111,17 +126,20 @@ def _report(name: str, result: dict[str, Any], text: str,
 
 
 def run_distribution(args: argparse.Namespace) -> int:
+    paths = _outputs(args.output_dir, "distribution", ("json", "png"), args.overwrite)
     result = distribution(label_sets(args.sets, args.labels))
     return _report("distribution", result, format_distribution(result), plot_distribution,
-                   args.output_dir)
+                   paths)
 
 
 def run_overlap(args: argparse.Namespace) -> int:
+    paths = _outputs(args.output_dir, "overlap", ("json", "png"), args.overwrite)
     result = overlap_matrices(label_sets(args.sets, args.labels))
-    return _report("overlap", result, format_overlap(result), plot_overlap, args.output_dir)
+    return _report("overlap", result, format_overlap(result), plot_overlap, paths)
 
 
 def run_utilization(args: argparse.Namespace) -> int:
+    _outputs(args.output_dir, "utilization", ("json", "safetensors", "png"), args.overwrite)
     result = analyze_utilization(
         args.data, args.model, adapter=args.adapter, reference=args.reference,
         neurons=args.neurons, split=args.split, task=args.task, template=args.template,

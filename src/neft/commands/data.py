@@ -9,6 +9,7 @@ import os
 
 from ..data import GETTEXT_LOCALE_DIR, harvest_gettext, placeholders, write_jsonl
 from ..errors import NeftError
+from ..files import check_output_folder
 from ..general_text import (
     DEFAULT_WORDS,
     GENERAL_SETS,
@@ -76,6 +77,7 @@ def check_output(output_dir: str, splits: dict[str, list[dict]], overwrite: bool
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.output_dir or os.path.join("data", f"gettext-en-{args.target}"))
     splits = harvest_gettext(args.target, locale_dir=args.locale_dir, min_words=args.min_words,
                              seed=args.seed, dev_size=args.dev_size, test_size=args.test_size)
     output_dir = args.output_dir or os.path.join("data", f"gettext-en-{args.target}")
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_general(args: argparse.Namespace) -> int:
+    check_output_folder(args.output_dir)
     kinds = [k.strip() for k in args.sets.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in GENERAL_SETS]
     if unknown or not kinds:

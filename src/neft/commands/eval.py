@@ -6,6 +6,7 @@ import argparse
 
 from ..config import add_dataclass_arguments, build_config
 from ..evaluate import EvalConfig, format_table, run_eval
+from ..files import write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(EvalConfig, args)
-    result = run_eval(config)
-    print(format_table(result))
+    result = run_eval(config, write=False)
+    print(format_table(result), flush=True)  # the scores first: the write can still fail
     if config.output_file:
+        write_json(config.output_file, result)
         print(f"wrote {config.output_file}")
     return 0

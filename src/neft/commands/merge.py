@@ -8,8 +8,9 @@ import shutil
 import tempfile
 
 from ..errors import NeftError
+from ..files import apply_umask, check_writable
 from ..model import NeftModel
-from ..models import load_model
+from ..models import load_adapter_base, load_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +38,7 @@ def check_output_dir(output_dir: str, overwrite: bool, inputs: list[str]) -> Non
                             "the merged model to a new folder")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NeftError(f"output_dir {output_dir} is a file; pass a folder for the merged model")
+    check_writable(os.path.abspath(output_dir), "output_dir")  # its parent: staged beside it
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         if not overwrite:
             raise NeftError(f"output_dir {output_dir} is not empty; pass --overwrite to "
@@ -52,7 +54,9 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     if model_name is None:
         model_name = NeftModel.saved_base_name(adapter)
         check_output_dir(output_dir, overwrite, [model_name])
-    base, tokenizer = load_model(model_name)
+        base, tokenizer = load_adapter_base(model_name, adapter)
+    else:
+        base, tokenizer = load_model(model_name)
     merged = NeftModel.from_pretrained(base, adapter).merge_and_unload()
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
@@ -60,6 +64,7 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     try:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        apply_umask(staging)  # mkdtemp and safetensors make it private
         old = f"{staging}.old"
         if os.path.exists(output_dir):
             os.replace(output_dir, old)  # set aside, not deleted, until the new one is in

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import finite_float
 from ..errors import NeftError
+from ..files import check_output_file
 from ..select import (
     QUOTAS,
     SCORERS,
@@ -49,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "then cosine; gradient: ours, gradient statistics on --data")
     budget = parser.add_argument_group("budget (exactly one)")
     budget.add_argument("--neurons", type=int)
-    budget.add_argument("--percent", type=float, help="%% of ALL model parameters (the paper's)")
+    budget.add_argument("--percent", type=finite_float,
+                        help="%% of ALL model parameters (the paper's)")
     budget.add_argument("--params", type=int, help="trainable parameters")
     budget.add_argument("--match_lora", "--match-lora", type=int, metavar="R",
                         help="as many parameters as LoRA rank R")
@@ -71,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"probe: optimizer steps ({PROBE_DEFAULTS['steps']}); fast-probe: "
                              f"{FAST_PROBE_DEFAULTS['steps']}; gradient: "
                              f"batches ({GRADIENT_DEFAULTS['steps']})")
-    parser.add_argument("--learning_rate", type=float, default=None,
+    parser.add_argument("--learning_rate", type=finite_float, default=None,
                         help=f"probe and fast-probe ({PROBE_DEFAULTS['learning_rate']:g})")
     parser.add_argument("--per_device_train_batch_size", "--batch_size", dest="batch_size",
                         type=int, default=None,
@@ -88,10 +91,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sets.add_argument("--transfer", metavar="SET",
                       help="apply a NeuronSet to --model (same shapes) and rewrite its fingerprint")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (default: refuse)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before any scoring: a probe can take an hour, and --output may be anyone's file.
+    check_output_file(args.output, args.overwrite, "output", example="neurons.safetensors")
     if args.union or args.intersection:
         combine = union_sets if args.union else intersect_sets
         neurons = combine(*(args.union or args.intersection))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import math
 import os
 import shutil
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import NeftError
-from ..files import write_json
+from ..files import folder_lock, write_json
 from .plan import Plan, Run, build_plan, canonical, first_difference, selection_key
 from .report import format_lr, write_report
 from .results import best_run, load_result
@@ -64,19 +63,11 @@ def check_data(plan: Plan) -> None:
 def grid_lock(output_dir: str) -> Iterator[int]:
     """One `neft compare` per output_dir: two would train into the same run folders.
     Yields the lock's file descriptor: children inherit it, so that a run left behind by
-    a killed compare still holds the folder until it has stopped."""
-    os.makedirs(output_dir, exist_ok=True)
-    handle = open(os.path.join(output_dir, LOCK_FILE), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise NeftError(f"another neft compare (or a run it left, still saving its checkpoint) "
-                        f"is using {output_dir}; wait for it or use another output_dir") from None
-    try:
-        yield handle.fileno()
-    finally:
-        handle.close()
+    a killed compare still holds the folder until it has stopped (hence the file stays)."""
+    busy = (f"another neft compare (or a run it left, still saving its checkpoint) is using "
+            f"{output_dir}; wait for it or use another output_dir")
+    with folder_lock(output_dir, busy, name=LOCK_FILE, remove=False) as fd:
+        yield fd
 
 
 # ----------------------------------------------------------------------------- processes

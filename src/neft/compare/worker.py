@@ -203,7 +203,8 @@ def run_job(folder: str) -> dict[str, Any]:
             remove_checkpoints(train_values["output_dir"])
     else:
         eval_start = time.perf_counter()
-        values = dict(job["eval"], output_file=os.path.join(folder, EVAL_FILE))
+        values = dict(job["eval"], output_file=os.path.join(folder, EVAL_FILE),
+                      overwrite=True)  # an unfinished run's own file
         if train_values is None:
             values["model"] = job["model"]
         elif train_values["method"] in ("full", "ft-inout"):

@@ -193,6 +193,11 @@ def score_neurons(
     examples = None
     if needs_data:
         examples = prepare_examples(data, tokenizer, task, max_length, limit)
+        from ..models import check_length
+
+        check_length(model, max((len(e["input_ids"]) for e in examples), default=0),
+                     f"the longest example (max_length {max_length})",
+                     "pass --max_length {room} or less")
         metadata.update({
             "data": str(data) if isinstance(data, str | os.PathLike) else "in memory",
             "data_fingerprint": data_fingerprint(examples), "data_examples": len(examples),

@@ -7,6 +7,7 @@ column length, so ``params`` and ``percent`` convert through it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -80,6 +81,11 @@ def resolve_budget(groups: list[NeuronGroup], total_parameters: int, *,
         raise NeftError("give exactly one budget: neurons, percent (of all model parameters), "
                         f"params or match_lora (got {', '.join(given) or 'none'})")
     (kind, value), = given.items()
+    if isinstance(value, float) and not math.isfinite(value):  # nan <= 0 is False
+        raise NeftError(f"budget {kind}={value} is not a finite number: give the number of "
+                        "neurons, percent, parameters or LoRA rank to train")
+    if kind == "percent" and value > 100:
+        raise NeftError(f"percent must be in (0, 100], not {value:g}")
     if value <= 0:
         raise NeftError(f"budget {kind}={value} must be positive: give the number of "
                         "neurons, percent, parameters or LoRA rank to train (above 0)")
