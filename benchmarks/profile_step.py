@@ -14,7 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from neft.bench import build_model, forward_loss, make_batches, prepare, resolve
+from neft.experiments.bench import build_model, forward_loss, make_batches, prepare, resolve
 
 MODEL = "smollm2-135m-random"
 

@@ -29,8 +29,8 @@ import time
 
 import torch
 
-from neft.models import load_model
-from neft.neurons import NeuronSet
+from neft.core.loading import load_model
+from neft.core.neurons import NeuronSet
 from neft.select import score_neurons
 from neft.select.datadriven import batches, prepare_examples
 
@@ -95,7 +95,7 @@ def run_scorer(args: argparse.Namespace, scorer: str, seed: int) -> dict[str, ob
 
 def run_neft_training(args: argparse.Namespace, steps: int) -> dict[str, object]:
     """Train the NeFT adapter of the 6% selection on the scorer's own batches."""
-    from neft.model import NeftConfig, get_neft_model
+    from neft.core.model import NeftConfig, get_neft_model
 
     start = time.perf_counter()
     model, tokenizer = load_model(args.model)

@@ -29,7 +29,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
 from neft import NeftConfig, get_neft_model
-from neft.layers import NeuronDeltaLayer, is_dtensor
+from neft.core.layers import NeuronDeltaLayer, is_dtensor
 from neft.select import score_neurons, select_neurons
 
 GLOBAL_BATCH, LENGTH, STEPS = 12, 12, 3  # 12: any of 1, 2, 3, 4 or 6 ranks

@@ -21,7 +21,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
 from neft.cli import main
-from neft.layers import NeuronDeltaLayer, is_dtensor
+from neft.core.layers import NeuronDeltaLayer, is_dtensor
 from neft.train import NeftTrainer
 
 _init = AcceleratorState.__init__

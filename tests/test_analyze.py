@@ -25,8 +25,8 @@ from neft.analyze import (
     utilization,
 )
 from neft.cli import main
+from neft.core.neurons import NeuronGroup, NeuronSet, find_neuron_groups
 from neft.errors import NeftError
-from neft.neurons import NeuronGroup, NeuronSet, find_neuron_groups
 from neft.select.weights import logical_matrices, neuron_vectors
 
 UP = "model.layers.{}.mlp.up_proj"
@@ -237,7 +237,7 @@ def test_cli_utilization_identical_models_and_adapter(tiny_model_dir, toy_data_d
     assert_png(os.path.join(out, "utilization.png"))
 
     # a neft adapter that moved some neurons: its own neurons count as trained
-    from neft.models import load_model
+    from neft.core.loading import load_model
 
     base, _ = load_model(tiny_model_dir)
     neurons = {"model.layers.1.mlp.up_proj": {"rows": list(range(12))},

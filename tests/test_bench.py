@@ -11,7 +11,8 @@ from conftest import make_batch, make_model
 from test_core import pick_neurons
 
 from neft import NeftConfig, get_neft_model
-from neft.bench import (
+from neft.errors import NeftError
+from neft.experiments.bench import (
     NOTES_MARKER,
     BenchConfig,
     add_ratios,
@@ -23,7 +24,6 @@ from neft.bench import (
     run_benchmark,
     write_results,
 )
-from neft.errors import NeftError
 
 
 def spec(mode: str, neurons: int = 0, lora_rank: int = 0) -> dict:

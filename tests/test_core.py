@@ -10,7 +10,7 @@ import torch
 from conftest import DEVICE, DTYPE, TOL, make_batch, make_model
 
 from neft import NeftConfig, NeftError, NeftModel, NeuronSet, find_neuron_groups, get_neft_model
-from neft.layers import NeuronDeltaLayer
+from neft.core.layers import NeuronDeltaLayer
 
 
 def pick_neurons(model: torch.nn.Module, per_group: int = 3, seed: int = 0) -> NeuronSet:

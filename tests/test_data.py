@@ -293,7 +293,7 @@ def test_dataset_trains_with_transformers_trainer(tok, tmp_path):
 def test_smollm2_chat_prompt_and_eos():
     from transformers import AutoTokenizer
 
-    from neft.models import ensure_embedded_model
+    from neft.core.loading import ensure_embedded_model
 
     smol = AutoTokenizer.from_pretrained(ensure_embedded_model())
     prompt, target = render_example(PAIR, "translation", smol, tgt_lang="de")

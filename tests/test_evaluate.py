@@ -15,8 +15,6 @@ from neft.cli import main as cli_main
 from neft.errors import NeftError
 from neft.evaluate import (
     StopAtNewline,
-    _finish,
-    _generate,
     end_of_turn_token_id,
     evaluate_model,
     generate,
@@ -24,13 +22,14 @@ from neft.evaluate import (
     newline_token_ids,
     stop_token_ids,
 )
-from neft.metrics import (
+from neft.evaluate.metrics import (
     RougeTokenizer,
     bleu_tokenizer,
     paired_bootstrap,
     parse_metrics,
     score,
 )
+from neft.evaluate.run import _finish, _generate
 
 HYPS = ["The cat sat on the mat.", "It is raining in Berlin today.",
         "Open the file %s for reading."]
@@ -290,8 +289,8 @@ def test_missing_adapter_is_a_neft_error(tiny_dir, tmp_path):
 
 
 def test_neft_adapter_is_loaded_merged_from_its_recorded_base(tiny_dir, tmp_path):
-    from neft.model import NeftConfig, get_neft_model
-    from neft.models import load_model
+    from neft.core.loading import load_model
+    from neft.core.model import NeftConfig, get_neft_model
 
     base, tokenizer = load_model(tiny_dir)
     neurons = {"model.layers.0.mlp.up_proj": {"rows": [1, 5, 9]},
@@ -313,7 +312,7 @@ def test_neft_adapter_is_loaded_merged_from_its_recorded_base(tiny_dir, tmp_path
 def test_lora_adapter_is_loaded_with_peft(tiny_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from neft.models import load_model
+    from neft.core.loading import load_model
 
     base, tokenizer = load_model(tiny_dir)
     lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"],

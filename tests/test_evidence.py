@@ -17,19 +17,19 @@ import transformers
 
 from neft.cli import main as cli_main
 from neft.compare import build_plan, compare
-from neft.compare.plan import CompareConfig
-from neft.compare.verdicts import drift_at, envelope, loss_at
 from neft.config import from_dict
 from neft.data import build_dataset, load_records
-from neft.errors import NeftError
-from neft.evaluate import evaluate_model
-from neft.general_text import (
+from neft.data.sources import (
     description_paragraphs,
     harvest_general_text,
     load_drift_sets,
     roff_to_text,
 )
-from neft.likelihood import drift, target_loss, text_windows
+from neft.errors import NeftError
+from neft.evaluate import evaluate_model
+from neft.evaluate.likelihood import drift, target_loss, text_windows
+from neft.experiments.compare.plan import CompareConfig
+from neft.experiments.compare.verdicts import drift_at, envelope, loss_at
 
 TEXTS = ["the red file is open and shared with the remote host",
          "a new hidden file", "the old local large empty file is now open",

@@ -1,4 +1,4 @@
-"""neft.models: model loading errors, the atomic embedded cache, and the real SmolLM2."""
+"""neft.core.loading: model loading errors, the atomic embedded cache, and the real SmolLM2."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from neft import models as neft_models
-from neft.errors import NeftError
-from neft.models import (
+from neft.core import loading as neft_models
+from neft.core.loading import (
     ensure_embedded_model,
     ensure_pad_token,
     load_model,
     model_name_for_metadata,
 )
+from neft.errors import NeftError
 
 
 def tiny_tokenizer(pad: bool) -> PreTrainedTokenizerFast:

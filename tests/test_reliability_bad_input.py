@@ -375,9 +375,9 @@ def test_debug_shows_the_traceback_before_or_after_the_command(world) -> None:
 def test_hub_names_fail_fast_offline(world, monkeypatch, capsys) -> None:
     """Offline, a name that is not a local path is not retried against the Hub for a
     minute: it fails at once, saying how to name a local folder."""
-    import neft.models
+    import neft.core.loading
 
-    monkeypatch.setattr(neft.models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(neft.core.loading, "hub_reachable", lambda timeout=3.0: False)
     names = {**world, "out": world["root"] + "/x"}
     assert run_cli(fill(T(model="no-such-model-here"), names)) == 2
     assert "is not a local folder and the Hugging Face Hub cannot be reached" in (
@@ -388,7 +388,7 @@ def test_hub_names_fail_fast_offline(world, monkeypatch, capsys) -> None:
 
 
 def test_data_gettext_never_replaces_other_records(tmp_path) -> None:
-    from neft.commands.data import check_output
+    from neft.cli.commands.data import check_output
 
     records = {"train": [{"source": "a b", "target": "c d"}]}
     (tmp_path / "train.jsonl").write_text('{"source": "mine", "target": "keep"}\n')
@@ -428,6 +428,6 @@ def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys) -> None:
     assert run_cli(argv) == 2
     assert out.read_text() == "old"
     assert run_cli([*argv, "--overwrite"]) == 0, capsys.readouterr().err
-    from neft.neurons import NeuronSet
+    from neft.core.neurons import NeuronSet
 
     assert NeuronSet.load(out).num_neurons() == 3

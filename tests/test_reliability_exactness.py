@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from neft import NeftConfig, NeftModel, NeuronSet, get_neft_model
 from neft.cli import main
-from neft.layers import NeuronDeltaLayer
+from neft.core.layers import NeuronDeltaLayer
 
 
 def trained(dtype: torch.dtype = torch.float32, delta_dtype: str | None = "float32",

@@ -153,7 +153,7 @@ def test_a_second_train_into_a_busy_folder_is_refused(tiny_model_dir, toy_data_d
     """The folder's lock is held (as by a `neft train` running there): a second run gets
     one line and exit 2 and writes nothing; the check and the claim are no longer a race."""
     from neft.cli import main
-    from neft.files import folder_lock
+    from neft.core.io import folder_lock
 
     out = tmp_path / "run"
     with folder_lock(str(out), "held by the test"):

@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM
 
 from neft import NeftConfig, NeftError, NeftModel, NeuronSet, get_neft_model
 from neft.cli import build_parser
+from neft.core.loading import load_model
 from neft.evaluate import EvalConfig, load_for_eval
-from neft.models import load_model
 from neft.select import select_neurons
 from neft.train import TrainConfig
 
@@ -203,7 +203,7 @@ def test_result_files_get_ordinary_permissions(tmp_path):
     """Written through a private temp file, but readable like any file the user makes."""
     import os
 
-    from neft.files import write_json
+    from neft.core.io import write_json
 
     path = tmp_path / "result.json"
     write_json(str(path), {"a": 1})
@@ -215,18 +215,18 @@ def test_result_files_get_ordinary_permissions(tmp_path):
 def test_a_wrap_that_fails_half_way_leaves_the_model_as_given(monkeypatch) -> None:
     """The second module's layer fails: the first must not stay wrapped, nor any
     requires_grad flag changed."""
-    import neft.model
+    import neft.core.model
 
     made = []
 
-    class FailsSecond(neft.model.NeuronDeltaLayer):
+    class FailsSecond(neft.core.model.NeuronDeltaLayer):
         def __init__(self, *args, **kwargs) -> None:
             made.append(1)
             if len(made) == 2:
                 raise NeftError("the second layer fails")
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(neft.model, "NeuronDeltaLayer", FailsSecond)
+    monkeypatch.setattr(neft.core.model, "NeuronDeltaLayer", FailsSecond)
     model = make_model("llama")
     model.lm_head.weight.requires_grad_(False)
     flags = [p.requires_grad for p in model.parameters()]
@@ -290,7 +290,7 @@ def test_an_adapter_records_a_local_base_as_an_absolute_path(tiny_model_dir, tmp
                                                              monkeypatch) -> None:
     """Typed relative, it would name another folder (or none) when used from elsewhere;
     hub ids and the embedded name stay as typed."""
-    from neft.models import recorded_name
+    from neft.core.loading import recorded_name
 
     shutil.copytree(tiny_model_dir, tmp_path / "base")
     monkeypatch.chdir(tmp_path)

@@ -7,8 +7,8 @@ import torch
 from conftest import make_model
 
 from neft.cli import main
+from neft.core.neurons import NeuronSet, count_parameters, find_neuron_groups, model_fingerprint
 from neft.errors import NeftError
-from neft.neurons import NeuronSet, count_parameters, find_neuron_groups, model_fingerprint
 from neft.select import (
     intersect_sets,
     linear_shapes,

@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
+from .core.model import NeftConfig, NeftModel, get_neft_model  # noqa: E402
+from .core.neurons import NeuronGroup, NeuronSet, find_neuron_groups  # noqa: E402
 from .errors import NeftError  # noqa: E402
-from .model import NeftConfig, NeftModel, get_neft_model  # noqa: E402
-from .neurons import NeuronGroup, NeuronSet, find_neuron_groups  # noqa: E402
 
 __all__ = [
     "NeftConfig",

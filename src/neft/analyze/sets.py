@@ -11,8 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.neurons import NeuronSet, layer_index
 from ..errors import NeftError
-from ..neurons import NeuronSet, layer_index
 from ..select.report import layer_counts
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import DataCollator, build_dataset, load_records
+from ..core.neurons import NeuronGroup, NeuronSet, atomic_save_file
+from ..data.records import DataCollator, build_dataset, load_records
 from ..errors import NeftError
-from ..neurons import NeuronGroup, NeuronSet, atomic_save_file
 from ..select.weights import by_module, logical_matrices, neuron_vectors
 from .sets import kind_of
 
@@ -336,7 +336,7 @@ class UtilizationResult:
     def save(self, output_dir: str | os.PathLike) -> list[str]:
         """utilization.json (summary), utilization.safetensors (every neuron's score, rank,
         best state and, with a reference, its rank change) and utilization.png."""
-        from ..files import write_json
+        from ..core.io import write_json
         from .plots import plot_utilization
 
         output_dir = os.fspath(output_dir)
@@ -359,8 +359,8 @@ class UtilizationResult:
 
 def _base_of(adapter: str) -> str:
     """The base model an adapter folder recorded (as `neft eval` resolves it)."""
-    from ..evaluate import _read_adapter_config
-    from ..models import EMBEDDED_NAMES, EMBEDDED_ORIGIN
+    from ..core.loading import EMBEDDED_NAMES, EMBEDDED_ORIGIN
+    from ..evaluate.run import _read_adapter_config
 
     base = _read_adapter_config(os.path.expanduser(adapter)).get("base_model_name_or_path")
     return EMBEDDED_NAMES[0] if not base or base == EMBEDDED_ORIGIN else base
@@ -402,8 +402,8 @@ def analyze_utilization(
     tokenizer: the second is a fine-tuned copy). ``neurons`` (a NeuronSet file) says which
     neurons were trained, for "indirectly affected"; a neft adapter tells it by itself.
     """
-    from ..evaluate import load_for_eval
-    from ..neurons import find_neuron_groups
+    from ..core.neurons import find_neuron_groups
+    from ..evaluate.run import load_for_eval
     from .sets import load_set
 
     if adapter and reference:
@@ -430,7 +430,7 @@ def analyze_utilization(
                         "pass the base model with --model") from exc
     examples = evaluation_examples(data, tokenizer, task, split, max_samples, max_length,
                                    template, source_lang, target_lang)
-    from ..models import check_length
+    from ..core.loading import check_length
 
     check_length(loaded, max((len(e["input_ids"]) for e in examples), default=0),
                  f"the longest example (max_length {max_length})",

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import NeftError
-from ..neurons import (
+from ..core.neurons import (
     NeuronGroup,
     NeuronSet,
     count_parameters,
@@ -37,6 +36,7 @@ from ..neurons import (
     neuron_set_from_groups,
     pool_size,
 )
+from ..errors import NeftError
 from .budget import QUOTAS, Budget, choose, linear_shapes, lora_parameters, resolve_budget
 from .datadriven import prepare_examples, score_fast_probe, score_gradient, score_probe
 from .report import format_summary
@@ -193,7 +193,7 @@ def score_neurons(
     examples = None
     if needs_data:
         examples = prepare_examples(data, tokenizer, task, max_length, limit)
-        from ..models import check_length
+        from ..core.loading import check_length
 
         check_length(model, max((len(e["input_ids"]) for e in examples), default=0),
                      f"the longest example (max_length {max_length})",
@@ -221,7 +221,7 @@ def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: boo
     folder and no forward pass needed: a weightless (meta) model plus that folder."""
     if isinstance(model, nn.Module):
         return model, model, tokenizer
-    from ..models import ensure_embedded_model, is_embedded, load_model
+    from ..core.loading import ensure_embedded_model, is_embedded, load_model
 
     folder = ensure_embedded_model() if is_embedded(model) else os.path.expanduser(model)
     if not needs_forward and os.path.isdir(folder) and any(

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.neurons import NeuronGroup, is_target_layer, linear_shape, pool_size
 from ..errors import NeftError
-from ..neurons import NeuronGroup, is_target_layer, linear_shape, pool_size
 
 QUOTAS = ("layer", "kind", "module")
 

@@ -15,10 +15,10 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import DataCollator, TokenizedDataset, build_dataset, load_records
+from ..core.layers import full_tensor, is_dtensor
+from ..core.neurons import is_conv1d
+from ..data.records import DataCollator, TokenizedDataset, build_dataset, load_records
 from ..errors import NeftError
-from ..layers import full_tensor, is_dtensor
-from ..neurons import is_conv1d
 from .scorers import ScoreInput, Scores
 from .weights import by_module, cosine, logical_matrices, neuron_vectors
 

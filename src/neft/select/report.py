@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..neurons import NeuronSet, layer_index
+from ..core.neurons import NeuronSet, layer_index
 
 BAR_WIDTH = 40
 

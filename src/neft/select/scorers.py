@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.neurons import NeuronGroup
 from ..errors import NeftError
-from ..neurons import NeuronGroup
 from .weights import WeightSource, by_module, cosine, logical_matrices, neuron_vectors
 
 Scores = tuple[list[torch.Tensor], dict[str, Any]]

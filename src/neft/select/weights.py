@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from ..core.layers import full_tensor
+from ..core.neurons import NeuronGroup, is_conv1d
 from ..errors import NeftError
-from ..layers import full_tensor
-from ..neurons import NeuronGroup, is_conv1d
 
 INDEX_NAME = "model.safetensors.index.json"
 WeightSource = nn.Module | str | os.PathLike

@@ -1,0 +1,461 @@
+"""NeftConfig, get_neft_model and NeftModel: PEFT's shape of API for neuron deltas.
+
+    model = get_neft_model(base, NeftConfig(neurons="selection.safetensors"))
+    model.print_trainable_parameters()
+    model.save_pretrained(out)            # adapter_config.json + adapter_model.safetensors
+    model = NeftModel.from_pretrained(base, out)
+    merged = model.merge_and_unload()     # a plain transformers model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import NeftError
+from .layers import NeuronDeltaLayer, NeuronMaskLayer
+from .neurons import (
+    AXES,
+    NeuronSet,
+    atomic_save_file,
+    count_parameters,
+    is_target_layer,
+    model_fingerprint,
+    read_safetensors,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_FORMAT = "neft.adapter"
+MODES = ("compact", "mask")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+NeuronSpec = NeuronSet | str | os.PathLike | Mapping[str, Mapping[str, Any]]
+
+
+@dataclass
+class NeftConfig:
+    """What to train. ``neurons``: a NeuronSet, a NeuronSet file, or a plain mapping
+    ``{"model.layers.0.mlp.up_proj": {"rows": [3, 17]}, ...}``.
+
+    ``mode``: ``compact`` (small trainable deltas; the point of neft) or ``mask`` (the
+    paper's gradient masking, a reference). ``delta_dtype``: dtype of the deltas;
+    ``float32`` keeps small updates exact on bf16/fp16 bases, ``None`` follows the base.
+    """
+
+    neurons: NeuronSpec | None = None
+    mode: str = "compact"
+    delta_dtype: str | None = "float32"
+    base_model_name_or_path: str | None = None
+    peft_type: str = field(default="NEFT", init=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise NeftError(f"mode={self.mode!r} is not known; use one of {', '.join(MODES)}")
+        if self.delta_dtype is not None and self.delta_dtype not in DTYPES:
+            raise NeftError(f"delta_dtype={self.delta_dtype!r} is not known; use one of "
+                            f"{', '.join(DTYPES)} or None (the base weight's dtype)")
+
+    def resolve_neurons(self, model: nn.Module) -> NeuronSet:
+        spec = self.neurons
+        if spec is None:
+            raise NeftError("NeftConfig has no neurons; pass neurons=<NeuronSet | file | "
+                            "mapping> (make one with `neft select`)")
+        if isinstance(spec, NeuronSet):
+            neurons = NeuronSet(dict(spec.indices), dict(spec.shapes), dict(spec.metadata))
+        elif isinstance(spec, (str, os.PathLike)):
+            neurons = NeuronSet.load(spec)
+        elif isinstance(spec, Mapping):
+            neurons = NeuronSet.from_mapping(spec)
+        else:
+            raise NeftError(f"neurons must be a NeuronSet, a file path or a mapping, not "
+                            f"{type(spec).__name__}")
+        if not neurons.num_neurons():
+            raise NeftError("the neuron set is empty; select at least one neuron")
+        return neurons.validate(model)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("neurons")  # the indices live in the weights file
+        return data
+
+
+def shared_weights(model: nn.Module) -> set[str]:
+    """Modules whose weight is also another module's parameter (tied input and output
+    embeddings, as in SmolLM2 and GPT-2): writing W0 + D into such a weight would change
+    the other module too."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name.rpartition(".")[0])
+    shared = set()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and len(set(owners.get(id(weight), []))) > 1:
+            shared.add(name)
+    return shared
+
+
+def _untie_config(model: nn.Module) -> None:
+    """Tell transformers not to tie the embeddings again (on save, load or tie_weights)."""
+    config = getattr(model, "config", None)
+    for part in {id(c): c for c in (config, getattr(config, "get_text_config",
+                                                    lambda: None)())}.values():
+        if part is not None and hasattr(part, "tie_word_embeddings"):
+            part.tie_word_embeddings = False
+
+
+def _refuse_stacking(model: nn.Module) -> None:
+    """One adapter per model: a second would be wrapped around the first one's layers."""
+    if isinstance(model, NeftModel) or any(
+            isinstance(m, (NeuronDeltaLayer, NeuronMaskLayer)) for m in model.modules()):
+        raise NeftError("this model already holds a neft adapter, and stacking a second one "
+                        "is not supported: merge the first into the weights "
+                        "(model = model.merge_and_unload()) and load the second onto that, "
+                        "or load the second onto a fresh base model")
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+class NeftModel(nn.Module):
+    """A causal LM whose selected neurons are trainable; everything else is frozen.
+
+    Attribute access falls through to the wrapped model, so ``model.config``,
+    ``model.generate`` and friends work as on the base model.
+    """
+
+    def __init__(self, model: nn.Module, config: NeftConfig) -> None:
+        super().__init__()
+        _refuse_stacking(model)
+        neurons = config.resolve_neurons(model)
+        modules = dict(model.named_modules())
+        for path in neurons.modules():
+            if not is_target_layer(modules[path]):
+                raise NeftError(f"neurons name {path}, a {type(modules[path]).__name__}: neft "
+                                "trains neurons of nn.Linear or Conv1D layers only (is the "
+                                "model already wrapped by peft?)")
+        self.base_model = model
+        self.neft_config = config
+        self.base_fingerprint = model_fingerprint(model)
+        self.neurons = neurons
+        shared = shared_weights(model)
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        done: list[tuple[str, nn.Module]] = []
+        try:
+            for param in model.parameters():
+                param.requires_grad_(False)
+            dtype = DTYPES[config.delta_dtype] if config.delta_dtype else None
+            for path in neurons.modules():
+                base_layer = model.get_submodule(path)
+                rows, cols = neurons.get(path, "rows"), neurons.get(path, "cols")
+                if config.mode == "compact":
+                    layer: nn.Module = NeuronDeltaLayer(base_layer, rows, cols, dtype,
+                                                        shared_weight=path in shared)
+                else:
+                    layer = NeuronMaskLayer(base_layer, rows, cols)
+                _set_submodule(model, path, layer)
+                done.append((path, layer))
+        except BaseException:
+            # A half-wrapped model is worse than none: the caller's model goes back as given.
+            for path, layer in reversed(done):
+                if isinstance(layer, NeuronMaskLayer):
+                    layer.remove_hook()
+                _set_submodule(model, path, layer.base_layer)
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            raise
+        if shared:
+            names = sorted(p for p in neurons.modules() if p in shared)
+            if names:
+                logger.info("%s share their weight with other modules (tied embeddings); "
+                            "their deltas are added on the fly, never written into the "
+                            "shared weight", ", ".join(names))
+
+    # -- delegation ------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        # Named arguments (as PEFT's causal-LM wrapper) so Trainer keeps these columns.
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "inputs_embeds": inputs_embeds, "labels": labels}
+        kwargs.update({k: v for k, v in inputs.items() if v is not None})
+        return self.base_model(**kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model.generate(*args, **kwargs)
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    def neft_layers(self) -> Iterator[tuple[str, NeuronDeltaLayer | NeuronMaskLayer]]:
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, (NeuronDeltaLayer, NeuronMaskLayer)):
+                yield name, module
+
+    # -- parameters ------------------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all): for compact mode, exactly the selected neurons' values."""
+        total = count_parameters(self.base_model)
+        if self.neft_config.mode == "mask":
+            return self.neurons.num_parameters(), total
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,} || all params: {total:,} || "
+              f"trainable%: {100 * trainable / total:.4f} || neurons: "
+              f"{self.neurons.num_neurons():,} ({self.neft_config.mode})")
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      **options: Any) -> None:
+        """Checkpoint the base model's blocks; non-reentrant by default so that grads reach
+        the deltas although the (frozen) block inputs do not require grad."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        enable = getattr(self.base_model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5
+            enable(activation_checkpointing_kwargs=kwargs, **options)
+        else:
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if kwargs["use_reentrant"]:
+            self.base_model.enable_input_require_grads()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        **options: Any) -> None:
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **options)
+
+    # -- merge -----------------------------------------------------------------------------
+    def merge_adapter(self) -> None:
+        for _, layer in self.neft_layers():
+            layer.merge()
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in self.neft_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Add the deltas into the base weights exactly and return the plain model. A
+        module whose weight was tied to another's (lm_head and embed_tokens) gets its own
+        merged weight and the config says so, so that the saved model loads as trained."""
+        untied = False
+        for path, layer in list(self.neft_layers()):
+            layer.merge()
+            untied = untied or bool(getattr(layer, "untied", False))
+            if isinstance(layer, NeuronMaskLayer):
+                layer.remove_hook()
+            _set_submodule(self.base_model, path, layer.base_layer)
+        if untied:
+            _untie_config(self.base_model)
+        return self.base_model
+
+    def _unwrap(self) -> None:
+        """Put the base layers back without touching their weights (no deltas were set)."""
+        for path, layer in list(self.neft_layers()):
+            if isinstance(layer, NeuronMaskLayer):
+                layer.remove_hook()
+            _set_submodule(self.base_model, path, layer.base_layer)
+
+    def unload(self) -> nn.Module:
+        """Drop the adapter without merging and return the untouched base model."""
+        for path, layer in list(self.neft_layers()):
+            if isinstance(layer, NeuronMaskLayer):
+                raise NeftError("mask mode changed the base weights in place; there is no "
+                                "untouched base to unload to")
+            layer.unmerge()
+            _set_submodule(self.base_model, path, layer.base_layer)
+        return self.base_model
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the base model as if no neurons were trained (merged deltas included)."""
+        layers = [layer for _, layer in self.neft_layers()]
+        remerge = [layer for layer in layers
+                   if isinstance(layer, NeuronDeltaLayer) and layer.merged]
+        for layer in remerge:
+            layer.unmerge()
+        for layer in layers:
+            layer.disabled = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.disabled = False
+            for layer in remerge:
+                layer.merge()
+
+    # -- save / load -----------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Indices and deltas of every module, keyed ``<module>::rows|cols|delta_*``.
+        Sharded deltas are gathered (a collective under FSDP2 / ZeRO-3: call on all ranks)."""
+        tensors = self.neurons.tensors()
+        for path, layer in self.neft_layers():
+            delta_rows, delta_cols = layer.get_deltas()
+            if layer.neft_rows.numel():
+                tensors[f"{path}::delta_rows"] = delta_rows.contiguous().cpu()
+            if layer.neft_cols.numel():
+                tensors[f"{path}::delta_cols"] = delta_cols.contiguous().cpu()
+        return {k: v.cpu() for k, v in tensors.items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        **_: Any) -> None:
+        """Write adapter_config.json and adapter_model.safetensors (each atomically).
+
+        Sharded deltas (FSDP2, ZeRO-3) are gathered first, which every rank must join:
+        call it on all ranks with ``is_main_process`` true on the one that writes.
+        """
+        state = self.adapter_state()
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        metadata = self.neurons.file_metadata()
+        metadata.update(format=ADAPTER_FORMAT, base_fingerprint=self.base_fingerprint)
+        atomic_save_file(state, os.path.join(save_directory, WEIGHTS_NAME), metadata)
+        config = self.neft_config.to_dict()
+        config.update(neft_version=__version__, base_fingerprint=self.base_fingerprint,
+                      num_neurons=self.neurons.num_neurons(),
+                      num_parameters=self.neurons.num_parameters(),
+                      neuron_summary=self.neurons.summary(),
+                      neuron_metadata=self.neurons.metadata)
+        if config.get("base_model_name_or_path") is None:
+            config["base_model_name_or_path"] = getattr(
+                getattr(self.base_model, "config", None), "_name_or_path", None)
+        if config["base_model_name_or_path"]:
+            from .loading import recorded_name
+
+            config["base_model_name_or_path"] = recorded_name(config["base_model_name_or_path"])
+        path = os.path.join(save_directory, CONFIG_NAME)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as handle:
+            json.dump(config, handle, indent=2, default=str)
+        os.replace(tmp, path)
+
+    def load_adapter_weights(self, adapter_dir: str | os.PathLike) -> None:
+        """Set the deltas from a saved adapter with the same neurons (e.g. a checkpoint).
+
+        Every tensor is checked (indices in range, deltas present, shaped for their
+        indices, floating point, finite) before any is set, so a damaged or tampered
+        file changes nothing.
+        """
+        path = os.path.join(adapter_dir, WEIGHTS_NAME)
+        if NeuronSet.load(path) != self.neurons:
+            raise NeftError(f"{path} holds other neurons than this model trains; load it "
+                            "with NeftModel.from_pretrained on the base model instead")
+        tensors, _ = read_safetensors(path)
+        checked = []
+        for name, layer in self.neft_layers():
+            current = layer.get_deltas()
+            loaded = []
+            for axis, index, now in zip(AXES, (layer.neft_rows, layer.neft_cols), current,
+                                        strict=True):
+                key = f"{name}::delta_{axis}"
+                delta = tensors.get(key)
+                if delta is None:
+                    if index.numel():  # must not load silently as zeros (untrained)
+                        raise NeftError(f"{path} has indices but no deltas for {name} {axis} "
+                                        f"({key!r}); the file is damaged: use another "
+                                        "checkpoint")
+                    delta = now
+                elif not delta.dtype.is_floating_point:
+                    raise NeftError(f"{path}: {key!r} is {delta.dtype}, not floating point; "
+                                    "the file is damaged: use another checkpoint")
+                elif delta.shape != now.shape:
+                    raise NeftError(f"{path}: {key!r} has shape {list(delta.shape)} but its "
+                                    f"indices need {list(now.shape)}; the file is damaged: "
+                                    "use another checkpoint")
+                elif not bool(torch.isfinite(delta).all()):
+                    raise NeftError(f"{path}: {key!r} holds NaN or infinite values (training "
+                                    "diverged?); use an earlier checkpoint")
+                loaded.append(delta.to(layer.weight.device))
+            checked.append((layer, loaded))
+        for layer, (rows, cols) in checked:
+            layer.set_deltas(rows, cols)
+
+    @staticmethod
+    def read_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+        config_path = os.path.join(adapter_dir, CONFIG_NAME)
+        if not os.path.isdir(adapter_dir):
+            raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir "
+                            "of `neft train`")
+        if not os.path.isfile(config_path):
+            raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}; is it a neft adapter folder "
+                            "(written by save_pretrained or `neft train`)?")
+        try:
+            with open(config_path) as handle:
+                config = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise NeftError(f"{config_path} is not valid JSON ({exc}); the adapter is damaged: "
+                            "save it again or use a checkpoint") from None
+        if not isinstance(config, dict):
+            raise NeftError(f"{config_path} must hold a JSON object; the adapter is damaged")
+        kind = str(config.get("peft_type", "NEFT")).upper()
+        if kind != "NEFT":
+            raise NeftError(f"{adapter_dir} is a {kind} adapter, not a neft one: load it with "
+                            "peft (`neft eval --adapter` does), or merge it with peft's "
+                            "merge_and_unload")
+        return config
+
+    @classmethod
+    def saved_base_name(cls, adapter_dir: str | os.PathLike) -> str:
+        """The base model an adapter names, for loading it without being told."""
+        name = cls.read_config(adapter_dir).get("base_model_name_or_path")
+        if not name:
+            raise NeftError(f"adapter {adapter_dir} does not name its base model; pass --model")
+        return name
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, adapter_dir: str | os.PathLike,
+                        is_trainable: bool = False) -> NeftModel:
+        """Wrap ``model`` with a saved adapter. Frozen unless ``is_trainable``."""
+        saved = cls.read_config(adapter_dir)
+        _refuse_stacking(model)
+        fingerprint = saved.get("base_fingerprint")
+        if fingerprint and fingerprint != model_fingerprint(model):
+            raise NeftError(f"adapter {adapter_dir} was trained on another base model "
+                            f"(fingerprint {fingerprint}, this model {model_fingerprint(model)});"
+                            " load the base model it was made for")
+        neurons = NeuronSet.load(os.path.join(adapter_dir, WEIGHTS_NAME))
+        neurons.metadata = saved.get("neuron_metadata", {})
+        config = NeftConfig(neurons=neurons, mode=saved.get("mode", "compact"),
+                            delta_dtype=saved.get("delta_dtype", "float32"),
+                            base_model_name_or_path=saved.get("base_model_name_or_path"))
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        wrapped = cls(model, config)
+        try:
+            wrapped.load_adapter_weights(adapter_dir)
+        except BaseException:
+            wrapped._unwrap()  # the caller's model is left as it was given
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            raise
+        if not is_trainable:
+            for param in wrapped.parameters():
+                param.requires_grad_(False)
+        return wrapped
+
+
+def get_neft_model(model: nn.Module, config: NeftConfig) -> NeftModel:
+    """Wrap the selected neurons' layers of ``model``; freeze everything else."""
+    return NeftModel(model, config)

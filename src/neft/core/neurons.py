@@ -1,0 +1,475 @@
+"""Neuron addressing: which weight rows/columns are neurons, and sets of them.
+
+A neuron is (module path, axis, index). Axes use nn.Linear's [out, in] convention for
+every layer type: ``rows`` are output units (a row of W), ``cols`` are input units (a
+column of W). GPT-2's Conv1D stores W transposed; callers never see that here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import NeftError
+from .io import publish
+
+AXES = ("rows", "cols")
+NEURONSET_FORMAT = "neft.neuronset"
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2 style Conv1D: weight stored as [in, out]."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def is_target_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a Linear or Conv1D layer."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if is_conv1d(module):
+        return module.nf, module.weight.shape[0]
+    raise NeftError(f"{type(module).__name__} is not a linear layer; neurons live in nn.Linear "
+                    "or Conv1D modules")
+
+
+def neuron_size(shape: tuple[int, int], axis: str) -> int:
+    """Parameters in one neuron: a row has `in` values, a column `out` values."""
+    out_features, in_features = shape
+    return in_features if axis == "rows" else out_features
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+@dataclass(frozen=True)
+class NeuronGroup:
+    """A contiguous range of candidate neurons on one axis of one module.
+
+    ``kind`` names the role (``up``, ``down``, ``gate`` or the user's module name) so that
+    selections can be summarised and quota'd per kind; ``layer`` is the block index.
+    """
+
+    module: str
+    axis: str
+    start: int
+    count: int
+    kind: str
+    layer: int
+    shape: tuple[int, int]
+
+    @property
+    def neuron_params(self) -> int:
+        return neuron_size(self.shape, self.axis)
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return torch.arange(self.start, self.start + self.count)
+
+
+# MLP layouts found in Hugging Face decoders, recognised from a module's own children:
+# (in-projection, out-projection, gate-projection or None, in-projection fused as [gate; up]).
+MLP_LAYOUTS: tuple[tuple[str, str, str | None, bool], ...] = (
+    ("up_proj", "down_proj", "gate_proj", False),  # Llama, Mistral, Qwen2, Gemma, SmolLM
+    ("gate_up_proj", "down_proj", None, True),  # Phi-3 (fused; up is the second half)
+    ("c_fc", "c_proj", None, False),  # GPT-2 (Conv1D)
+    ("dense_h_to_4h", "dense_4h_to_h", None, False),  # GPT-NeoX, Falcon, BLOOM
+    ("fc1", "fc2", None, False),  # OPT, Phi-1/2
+    ("fc_in", "fc_out", None, False),  # GPT-J
+)
+
+
+def layer_index(path: str) -> int:
+    """Block number of a module path (first integer component), -1 if none."""
+    match = re.search(r"\.(\d+)(\.|$)", "." + path)
+    return int(match.group(1)) if match else -1
+
+
+def _children(module: nn.Module) -> dict[str, nn.Module]:
+    return dict(module.named_children())
+
+
+def _preset_groups(model: nn.Module, include_gate: bool) -> list[NeuronGroup]:
+    groups: list[NeuronGroup] = []
+    for path, module in model.named_modules():
+        children = _children(module)
+        for in_name, out_name, gate_name, fused in MLP_LAYOUTS:
+            up, down = children.get(in_name), children.get(out_name)
+            if up is None or down is None or not (is_target_layer(up) and is_target_layer(down)):
+                continue
+            up_shape, down_shape = linear_shape(up), linear_shape(down)
+            intermediate = down_shape[1]
+            if up_shape[0] != (2 * intermediate if fused else intermediate):
+                continue
+            prefix = f"{path}." if path else ""
+            layer = layer_index(path)
+            start = intermediate if fused else 0
+            groups.append(NeuronGroup(prefix + in_name, "rows", start, intermediate, "up", layer,
+                                      up_shape))
+            groups.append(NeuronGroup(prefix + out_name, "cols", 0, intermediate, "down", layer,
+                                      down_shape))
+            if include_gate:
+                gate = up if fused else children.get(gate_name or "")
+                if gate is not None and is_target_layer(gate):
+                    gate_path = prefix + (in_name if fused else gate_name)
+                    groups.append(NeuronGroup(gate_path, "rows", 0, intermediate, "gate", layer,
+                                              linear_shape(gate)))
+            break
+    return groups
+
+
+def _match(pattern: str, path: str) -> bool:
+    if path == pattern or path.endswith("." + pattern):
+        return True
+    return re.fullmatch(pattern, path) is not None
+
+
+def _explicit_groups(model: nn.Module, target_modules: Mapping[str, str]) -> list[NeuronGroup]:
+    groups: list[NeuronGroup] = []
+    for pattern, axis in target_modules.items():
+        if axis not in AXES:
+            raise NeftError(f"target_modules[{pattern!r}] = {axis!r}: the axis must be 'rows' "
+                            "(output units) or 'cols' (input units)")
+        found = [(p, m) for p, m in model.named_modules() if p and _match(pattern, p)]
+        found = [(p, m) for p, m in found if is_target_layer(m)]
+        if not found:
+            raise NeftError(f"target_modules: no linear layer matches {pattern!r}; module names "
+                            "are as in model.named_modules(), e.g. 'mlp.fc_in' or a regex")
+        kind = pattern.split(".")[-1]
+        for path, module in found:
+            shape = linear_shape(module)
+            count = shape[0] if axis == "rows" else shape[1]
+            groups.append(NeuronGroup(path, axis, 0, count, kind, layer_index(path), shape))
+    return groups
+
+
+def find_neuron_groups(model: nn.Module, target_modules: Mapping[str, str] | None = None,
+                       include_gate: bool = False) -> list[NeuronGroup]:
+    """The candidate neurons of a model: the MLP in-rows and out-columns it has.
+
+    Presets are recognised from module structure (a module whose children are e.g.
+    ``up_proj`` + ``down_proj`` of matching sizes), not from model names. Pass
+    ``target_modules={"path or regex": "rows" | "cols"}`` for anything else.
+    """
+    if target_modules:
+        return _explicit_groups(model, target_modules)
+    groups = _preset_groups(model, include_gate)
+    if not groups:
+        raise NeftError(f"no MLP neuron preset matches {type(model).__name__}; name the modules "
+                        "and axes yourself, e.g. target_modules={'mlp.fc_in': 'rows', "
+                        "'mlp.fc_out': 'cols'} (CLI: neft select --target_modules "
+                        "mlp.fc_in=rows,mlp.fc_out=cols, then neft train --neurons FILE)")
+    return groups
+
+
+def pool_size(groups: Iterable[NeuronGroup]) -> int:
+    return sum(g.count for g in groups)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters of the base model (tied weights once), excluding neft deltas."""
+    return sum(p.numel() for n, p in model.named_parameters() if "neft_delta" not in n)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Hash of the architecture: model type and every base parameter's name and shape.
+
+    Dtype is left out on purpose (a bf16 and an fp32 copy are the same base model);
+    neft's own wrappers are seen through, so a wrapped model has its base's fingerprint.
+    """
+    config = getattr(model, "config", None)
+    items: list[object] = [getattr(config, "model_type", type(model).__name__)]
+    for name, param in model.named_parameters():
+        if "neft_delta" in name:
+            continue
+        items.append((name.replace(".base_layer.", "."), list(param.shape)))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- NeuronSet
+
+
+def _as_index(values: Iterable[int] | torch.Tensor) -> torch.Tensor:
+    tensor = torch.as_tensor(list(values) if not isinstance(values, torch.Tensor) else values,
+                             dtype=torch.long).flatten()
+    return torch.unique(tensor)  # sorted, deduplicated
+
+
+@dataclass
+class NeuronSet:
+    """Selected neurons: sorted indices per (module, axis), plus free-form metadata.
+
+    ``shapes`` holds each module's logical [out, in] shape so that the set knows its
+    size in parameters without the model. Saved as safetensors (indices as int64
+    tensors named ``<module>::rows`` / ``<module>::cols``; metadata as JSON).
+    """
+
+    indices: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cleaned: dict[str, dict[str, torch.Tensor]] = {}
+        for module, axes in self.indices.items():
+            for axis, values in axes.items():
+                if axis not in AXES:
+                    raise NeftError(f"neurons[{module!r}] has axis {axis!r}; use 'rows' or 'cols'")
+                index = _as_index(values)
+                if index.numel() and int(index[0]) < 0:
+                    raise NeftError(f"neurons[{module!r}][{axis!r}] has a negative index")
+                if index.numel():
+                    cleaned.setdefault(module, {})[axis] = index
+        self.indices = cleaned
+        self.shapes = {m: (int(s[0]), int(s[1])) for m, s in self.shapes.items()}
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Mapping[str, Iterable[int]]],
+                     model: nn.Module | None = None,
+                     metadata: Mapping[str, object] | None = None) -> NeuronSet:
+        """``{"model.layers.0.mlp.up_proj": {"rows": [3, 17]}, ...}`` -> NeuronSet.
+
+        With ``model`` the modules and indices are checked and shapes filled in.
+        """
+        neurons = cls({m: dict(a) for m, a in mapping.items()}, metadata=dict(metadata or {}))
+        if model is not None:
+            neurons.validate(model)
+        return neurons
+
+    def to_mapping(self) -> dict[str, dict[str, list[int]]]:
+        return {m: {a: idx.tolist() for a, idx in axes.items()} for m, axes in self.indices.items()}
+
+    # -- size ---------------------------------------------------------------------------
+    def num_neurons(self) -> int:
+        return sum(int(idx.numel()) for axes in self.indices.values() for idx in axes.values())
+
+    __len__ = num_neurons
+
+    def num_parameters(self) -> int:
+        missing = [m for m in self.indices if m not in self.shapes]
+        if missing:
+            raise NeftError(f"the size in parameters needs module shapes; call "
+                            f"neurons.validate(model) first (unknown: {missing[0]})")
+        return sum(int(idx.numel()) * neuron_size(self.shapes[m], axis)
+                   for m, axes in self.indices.items() for axis, idx in axes.items())
+
+    def modules(self) -> list[str]:
+        return list(self.indices)
+
+    def get(self, module: str, axis: str) -> torch.Tensor:
+        return self.indices.get(module, {}).get(axis, torch.empty(0, dtype=torch.long))
+
+    def items(self) -> Iterable[tuple[str, str, torch.Tensor]]:
+        for module, axes in self.indices.items():
+            for axis, idx in axes.items():
+                yield module, axis, idx
+
+    # -- set algebra --------------------------------------------------------------------
+    def _combine(self, other: NeuronSet, op: str) -> NeuronSet:
+        result: dict[str, dict[str, torch.Tensor]] = {}
+        for module in dict.fromkeys([*self.indices, *other.indices]):
+            for axis in AXES:
+                a, b = self.get(module, axis), other.get(module, axis)
+                if op == "union":
+                    idx = torch.cat([a, b])
+                else:
+                    idx = a[torch.isin(a, b)]
+                if idx.numel():
+                    result.setdefault(module, {})[axis] = idx
+        shapes = {**other.shapes, **self.shapes}
+        return NeuronSet(result, shapes, {"operation": op})
+
+    def union(self, other: NeuronSet) -> NeuronSet:
+        return self._combine(other, "union")
+
+    def intersection(self, other: NeuronSet) -> NeuronSet:
+        return self._combine(other, "intersection")
+
+    __or__ = union
+    __and__ = intersection
+
+    def overlap(self, other: NeuronSet) -> float:
+        """Share of this set's neurons also in ``other`` (the paper's Table 6 measure)."""
+        total = self.num_neurons()
+        return self.intersection(other).num_neurons() / total if total else 0.0
+
+    def jaccard(self, other: NeuronSet) -> float:
+        union = self.union(other).num_neurons()
+        return self.intersection(other).num_neurons() / union if union else 0.0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NeuronSet):
+            return NotImplemented
+        return self.to_mapping() == other.to_mapping()
+
+    # -- checks -------------------------------------------------------------------------
+    def validate(self, model: nn.Module) -> NeuronSet:
+        """Check every module exists and is linear and every index is in range; fill shapes.
+
+        The fingerprint goes first: for a set made on another model it is the real problem,
+        whatever index or module happens to fail after it.
+        """
+        expected = self.metadata.get("base_fingerprint")
+        if expected and expected != model_fingerprint(model):
+            raise NeftError(f"neuron set was made for another base model (fingerprint {expected}, "
+                            f"this model {model_fingerprint(model)}); select neurons on this model "
+                            "or move the set with `neft select --transfer`")
+        modules = dict(model.named_modules())
+        for module, axes in self.indices.items():
+            layer = modules.get(module)
+            if layer is None:
+                close = difflib.get_close_matches(module, list(modules), n=1)
+                hint = close[0] if close else None
+                raise NeftError(f"neurons name module {module!r}, which this model does not have"
+                                + (f" (did you mean {hint!r}?)" if hint else "")
+                                + "; use paths as in model.named_modules()")
+            base = getattr(layer, "base_layer", layer)
+            shape = linear_shape(base)
+            for axis, idx in axes.items():
+                limit = shape[0] if axis == "rows" else shape[1]
+                if int(idx[-1]) >= limit:
+                    raise NeftError(f"neurons[{module!r}][{axis!r}] has index {int(idx[-1])} but "
+                                    f"the layer has only {limit} {axis}")
+            known = self.shapes.get(module)
+            if known is not None and tuple(known) != shape:
+                raise NeftError(f"neuron set was made for {module} of shape {list(known)}, this "
+                                f"model's is {list(shape)}: it belongs to another base model")
+            self.shapes[module] = shape
+        return self
+
+    # -- files --------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{m}::{a}": idx.contiguous() for m, a, idx in self.items()}
+
+    def file_metadata(self) -> dict[str, str]:
+        return {"format": NEURONSET_FORMAT, "shapes": json.dumps(self.shapes),
+                "metadata": json.dumps(self.metadata, default=str)}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file, then rename)."""
+        atomic_save_file(self.tensors(), path, self.file_metadata())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NeuronSet:
+        """Read a NeuronSet file (or the indices of a neft adapter file)."""
+        tensors, meta = read_safetensors(path)
+        indices: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            module, _, axis = key.rpartition("::")
+            if axis in AXES:
+                if tensor.dtype.is_floating_point or tensor.dtype.is_complex or (
+                        tensor.dtype == torch.bool):
+                    raise NeftError(f"{path}: indices {key!r} are {tensor.dtype}, not integers; "
+                                    "the file is damaged or not from neft: write it again")
+                indices.setdefault(module, {})[axis] = tensor
+        if not indices:
+            raise NeftError(f"{path} holds no neuron indices (expected tensors named "
+                            "'<module>::rows' or '<module>::cols'); is it a neft NeuronSet file?")
+        try:
+            shapes = json.loads(meta.get("shapes", "{}"))
+            metadata = json.loads(meta.get("metadata", "{}"))
+            shapes = {m: (int(s[0]), int(s[1])) for m, s in shapes.items()}
+        except (ValueError, TypeError, IndexError, AttributeError):
+            raise NeftError(f"{path}: its header metadata is damaged (shapes/metadata are not "
+                            "the JSON neft writes); write the file again") from None
+        if not isinstance(metadata, dict):
+            raise NeftError(f"{path}: its header metadata is damaged; write the file again")
+        return cls(indices, shapes, metadata)
+
+    def summary(self) -> dict[str, int]:
+        """Neurons per module kind (last path component and axis), e.g. {'up_proj.rows': 12}."""
+        counts: dict[str, int] = {}
+        for module, axis, idx in self.items():
+            key = f"{module.split('.')[-1]}.{axis}"
+            counts[key] = counts.get(key, 0) + int(idx.numel())
+        return counts
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load all tensors and the header metadata; a clear error for missing or corrupt files."""
+    if os.path.isdir(path):
+        raise NeftError(f"{path} is a folder; pass the .safetensors file itself")
+    if not os.path.isfile(path):
+        raise NeftError(f"{path}: no such file")
+    try:  # safetensors never runs code, whatever the file holds
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises several types for bad files
+        not_safetensors = pickled_file_kind(path)
+        if not_safetensors:
+            raise NeftError(f"{path} is {not_safetensors}, not safetensors; neft never "
+                            "unpickles files (that can run code): write it with safetensors "
+                            "instead") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NeftError(f"{path} is not a readable safetensors file ({reason}); it may be "
+                        "truncated or corrupted: write it again") from exc
+    return tensors, meta
+
+
+def pickled_file_kind(path: str | os.PathLike) -> str | None:
+    """'a pickle file' / 'a torch.save (zip + pickle) file' from the first bytes, else None,
+    for a file safetensors could not read: it is refused by name, not called corrupted."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle file"
+    if head[:4] == b"PK\x03\x04":
+        return "a torch.save (zip + pickle) file"
+    return None
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """safetensors.save_file to a temporary name in the same folder, then rename."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise NeftError(f"{path} is a folder; give a file name such as "
+                        f"{os.path.join(path, 'neurons.safetensors')}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        publish(tmp, path)  # safetensors creates it 0600
+    except SafetensorError as exc:  # e.g. an unwritable folder or a full disk
+        raise NeftError(f"cannot write {path} ({str(exc).strip().splitlines()[0]}); check "
+                        "that its folder is writable and has space") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def neuron_set_from_groups(groups: list[NeuronGroup], chosen: Mapping[int, torch.Tensor],
+                           metadata: Mapping[str, object] | None = None) -> NeuronSet:
+    """Build a NeuronSet from positions (0..count-1) chosen within each group (by list index)."""
+    indices: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for i, positions in chosen.items():
+        group = groups[i]
+        if positions.numel() == 0:
+            continue
+        indices.setdefault(group.module, {}).setdefault(group.axis, []).append(
+            positions.long() + group.start)
+    merged = {m: {a: torch.cat(parts) for a, parts in axes.items()} for m, axes in indices.items()}
+    shapes = {g.module: g.shape for g in groups if g.module in merged}
+    return NeuronSet(merged, shapes, dict(metadata or {}))

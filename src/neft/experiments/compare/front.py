@@ -1,0 +1,79 @@
+"""Points along training for a comparison's fronts: test loss and drift at dev evaluations.
+
+A *point* is one run at one step: its dev loss (Trainer's evaluation), its test loss (mean
+NLL per target token over the test split) and its drift (KL(base || tuned) per token on
+each general-text set), with the per-record sums that the verdicts resample. A run's
+points are kept in points.json beside its result, written after each one, so that a
+resumed run keeps the points it has.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ...core.io import write_json
+from ...evaluate.likelihood import drift, target_loss
+
+POINTS_FILE = "points.json"
+
+
+class FrontMeasure:
+    """Test loss and drift of a model, with everything they need loaded once."""
+
+    def __init__(self, tokenizer: Any, records: Sequence[Mapping[str, Any]],
+                 prompt: Mapping[str, Any], max_length: int, base: Any,
+                 drift_sets: Mapping[str, Sequence[str]], batch_size: int = 16) -> None:
+        self.tokenizer = tokenizer
+        self.records = records
+        self.prompt = prompt
+        self.max_length = max_length
+        self.base = base
+        self.drift_sets = drift_sets
+        self.batch_size = batch_size
+
+    def __call__(self, model: Any) -> dict[str, Any]:
+        loss = target_loss(model, self.tokenizer, self.records, self.prompt["task"],
+                           self.prompt["template"], self.prompt.get("source_lang"),
+                           self.prompt.get("target_lang"), max_length=self.max_length,
+                           batch_size=self.batch_size)
+        point: dict[str, Any] = {"test_loss": loss["loss"],
+                                 "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
+                                 "drift": {}}
+        for name, texts in self.drift_sets.items():
+            moved = drift(model, self.base, self.tokenizer, texts, max_length=self.max_length,
+                          batch_size=max(1, self.batch_size // 2))
+            point["drift"][name] = {"kl": moved["kl"], "loss_change": moved["loss_change"],
+                                    "kl_sums": moved["kl_sums"], "tokens": moved["token_counts"]}
+        return point
+
+
+def read_points(folder: str) -> list[dict[str, Any]]:
+    from .worker import read_json
+
+    path = os.path.join(folder, POINTS_FILE)
+    return read_json(path) if os.path.isfile(path) else []
+
+
+class FrontPoints(TrainerCallback):
+    """Measures a point at each dev evaluation whose step is in steps (None: every one)."""
+
+    def __init__(self, folder: str, measure: FrontMeasure, steps: Sequence[int] | None) -> None:
+        self.folder = folder
+        self.measure = measure
+        self.steps = None if steps is None else set(steps)
+        self.points = read_points(folder)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any]
+                    | None = None, model: Any = None, **kwargs: Any) -> None:
+        step = state.global_step
+        if (self.steps is not None and step not in self.steps) or any(
+                p["step"] == step for p in self.points):
+            return
+        point = {"step": step, "dev_loss": (metrics or {}).get("eval_loss"),
+                 **self.measure(model)}
+        self.points.append(point)
+        write_json(os.path.join(self.folder, POINTS_FILE), self.points)
