@@ -35,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.neurons import NeuronGroup, NeuronSet, atomic_save_file
-from ..data.records import DataCollator, build_dataset, load_records
+from ..data.records import load_records
+from ..data.tokenize import DataCollator, build_dataset
 from ..errors import NeftError
 from ..select.weights import by_module, logical_matrices, neuron_vectors
 from .sets import kind_of

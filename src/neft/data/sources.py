@@ -1,4 +1,6 @@
-"""General English text that no task trains on, for measuring drift from the base model.
+"""Text sources on every Linux machine: gettext catalogues as translation pairs
+(``harvest_gettext``; ``placeholders`` finds the format strings they hold), and general
+English text that no task trains on, for measuring drift from the base model.
 
 Two sets of real human-written English that every Debian-based machine carries:
 
@@ -14,12 +16,15 @@ A set's fingerprint (a hash of its texts) travels with every drift score made fr
 
 from __future__ import annotations
 
+import gettext
 import glob
 import gzip
 import hashlib
 import logging
+import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..errors import NeftError
@@ -256,3 +261,143 @@ def load_drift_sets(spec: str | Sequence[str] | None) -> dict[str, list[str]]:
             raise NeftError(f"{path}: every line needs a non-empty \"text\" field")
         sets[name] = texts
     return sets
+
+
+# ----------------------------------------------------------------------------- placeholders
+
+_PRINTF = (r"%(?:\d+\$)?[-+#0']*(?:\d+|\*(?:\d+\$)?)?(?:\.(?:\d+|\*(?:\d+\$)?))?"
+           r"(?:hh|ll|[hlLqjzZt])?[diouxXeEfFgGaAcCsSpnm]")
+_PYTHON_NAMED = r"%\([^()\s]+\)[-+#0]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]"
+_BRACE = r"\{[A-Za-z0-9_.\[\]]*(?:![rsa])?(?::[^{}\s]*)?\}"
+# Escapes (%%, {{, }}) are matched first so that they are skipped, not half-matched.
+_PLACEHOLDER = re.compile(rf"%%|\{{\{{|\}}\}}|{_PYTHON_NAMED}|{_PRINTF}|{_BRACE}")
+_ESCAPES = ("%%", "{{", "}}")
+
+
+def placeholders(text: str) -> list[str]:
+    """Format placeholders in text, in order: printf (%s, %-10lu, %1$s, %.*s), Python
+    (%(name)s) and brace ({}, {0}, {name}, {name:>8}). %% and {{ }} are escapes, not
+    placeholders; a space flag is not recognised, so '50% of' is not a placeholder."""
+    return [m for m in _PLACEHOLDER.findall(text) if m not in _ESCAPES]
+
+
+# ----------------------------------------------------------------------------- gettext
+
+def placeholder_survival(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Share of the references' placeholders that the hypotheses reproduce exactly.
+
+    Per pair, the multiset intersection of placeholders(ref) and placeholders(hyp),
+    summed over pairs and divided by the total count in the references. Extra placeholders
+    in a hypothesis are not penalised. NaN when the references hold none.
+    """
+    if len(hyps) != len(refs):
+        raise NeftError(f"{len(hyps)} hypotheses but {len(refs)} references: pass one each")
+    kept = total = 0
+    for hyp, ref in zip(hyps, refs, strict=True):
+        wanted = Counter(placeholders(ref))
+        total += sum(wanted.values())
+        kept += sum((wanted & Counter(placeholders(hyp))).values())
+    return kept / total if total else math.nan
+
+
+GETTEXT_LOCALE_DIR = "/usr/share/locale"
+
+
+def _words(text: str) -> int:
+    """Words with a letter in them, placeholders not counted."""
+    return sum(any(c.isalpha() for c in word) for word in _PLACEHOLDER.sub(" ", text).split())
+
+
+def _placeholder_kinds(text: str) -> Counter:
+    """Placeholders without positions: '%2$s und %1$s' matches '%s and %s'."""
+    return Counter(re.sub(r"(?<=%)\d+\$|(?<=\*)\d+\$", "", p) for p in placeholders(text))
+
+
+def _keep_message(source: str, target: str, min_words: int) -> bool:
+    return (bool(target) and target != source and "\n" not in source and "\n" not in target
+            and _words(source) >= min_words
+            and _placeholder_kinds(source) == _placeholder_kinds(target))
+
+
+def _catalog(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return gettext.GNUTranslations(f)._catalog
+    except (OSError, ValueError) as exc:  # bad magic number, or text not in its charset
+        logger.warning("neft: skipping unreadable catalog %s (%s)", path, exc)
+        return {}
+
+
+def gettext_languages(locale_dir: str = GETTEXT_LOCALE_DIR) -> list[str]:
+    """Locales with .mo catalogs, those with the most catalogs first."""
+    counts = Counter(os.path.basename(os.path.dirname(os.path.dirname(path)))
+                     for path in glob.glob(os.path.join(locale_dir, "*", "LC_MESSAGES", "*.mo")))
+    return sorted(counts, key=lambda lang: (-counts[lang], lang))
+
+
+def _split_key(source: str) -> str:
+    """Near-duplicates ('Cannot open file' / 'cannot open file.') share a key, so a split."""
+    return " ".join(source.casefold().split()).rstrip(".:!?… ")
+
+
+def harvest_gettext(
+    target_lang: str,
+    locale_dir: str = GETTEXT_LOCALE_DIR,
+    min_words: int = 4,
+    seed: int = 0,
+    dev_size: int = 500,
+    test_size: int = 1000,
+) -> dict[str, list[dict]]:
+    """English -> target_lang pairs from the installed programs' gettext catalogs.
+
+    Reads <locale_dir>/<target_lang>/LC_MESSAGES/*.mo. Keeps singular messages without
+    context (no header, plural or msgctxt entries) that are one line after stripping the
+    surrounding whitespace, have at least min_words words, a non-empty translation that
+    differs from the source, and the same placeholders (positions aside) on both sides.
+    Text, placeholders included, is kept as written. One record per source: its most
+    common translation, ties to the first seen (catalogs in name order).
+    Splits: groups of near-identical sources (see _split_key) are ordered by a seeded
+    hash and dealt to test, then dev, until each has its size (a group is never divided),
+    then the rest to train. So no source is in two splits and the result is deterministic.
+    """
+    for name, value in (("min_words", min_words), ("dev_size", dev_size),
+                        ("test_size", test_size)):
+        if value < 0:
+            raise NeftError(f"{name} must be >= 0, got {value}")
+    files = sorted(glob.glob(os.path.join(locale_dir, target_lang, "LC_MESSAGES", "*.mo")))
+    if not files:
+        available = gettext_languages(locale_dir)
+        shown = ", ".join(available[:30]) + (f" (+{len(available) - 30} more)"
+                                             if len(available) > 30 else "")
+        raise NeftError(f"no gettext catalogs for {target_lang!r} in {locale_dir}; languages "
+                        f"with the most catalogs: {shown or 'none'}")
+    translations: dict[str, Counter] = {}
+    domains: dict[tuple[str, str], str] = {}
+    for path in files:
+        domain = os.path.splitext(os.path.basename(path))[0]
+        for msgid, msgstr in _catalog(path).items():
+            if not isinstance(msgid, str) or not msgid or "\x04" in msgid:
+                continue  # plural entries have tuple keys, the header "", contexts ctx\x04id
+            source, target = msgid.strip(), msgstr.strip()
+            if _keep_message(source, target, min_words):
+                translations.setdefault(source, Counter())[target] += 1
+                domains.setdefault((source, target), domain)
+    groups: dict[str, list[str]] = {}
+    for source in translations:
+        groups.setdefault(_split_key(source), []).append(source)
+    order = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())
+    splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
+    for key in order:
+        split = ("test" if len(splits["test"]) < test_size else
+                 "dev" if len(splits["dev"]) < dev_size else "train")
+        for source in groups[key]:
+            target = translations[source].most_common(1)[0][0]
+            splits[split].append({
+                "id": f"gettext-{target_lang}-{hashlib.sha1(source.encode()).hexdigest()[:12]}",
+                "kind": "gettext", "src_lang": "en", "tgt_lang": target_lang,
+                "source": source, "target": target, "domain": domains[(source, target)],
+            })
+    if not splits["train"]:
+        raise NeftError(f"only {len(translations)} usable messages for {target_lang!r}, none left "
+                        "for train: lower dev_size/test_size or min_words")
+    return splits

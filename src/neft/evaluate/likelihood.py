@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.loading import check_length
-from ..data.records import IGNORE_INDEX, DataCollator, build_dataset, encode_prompt
+from ..data.tokenize import IGNORE_INDEX, DataCollator, build_dataset, encode_prompt
 from ..errors import NeftError
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from ..data.records import placeholder_survival, placeholders
+from ..data.sources import placeholder_survival, placeholders
 from ..errors import NeftError
 
 GENERATION_METRICS = ("bleu", "chrf", "rouge", "placeholders", "comet")

@@ -35,8 +35,10 @@ from ..core.loading import (
     load_adapter_base,
     load_model,
 )
-from ..data.records import encode_prompt, load_records, render_example, resolve_template
+from ..data.prompts import render_example, resolve_template
+from ..data.records import load_records
 from ..data.sources import fingerprint, load_drift_sets
+from ..data.tokenize import encode_prompt
 from ..errors import NeftError
 from .likelihood import drift, target_loss
 from .metrics import GENERATION_METRICS, language_code, parse_metrics, score
@@ -451,7 +453,8 @@ class EvalConfig:
             raise NeftError("no test data: pass --data (a JSONL file, or a folder with "
                             "test.jsonl); `neft data gettext` makes one")
         # Checked here so that bad values fail before minutes of loading and generating.
-        from ..data.records import TASKS, TEMPLATES, language_name
+        from ..data.prompts import TEMPLATES, language_name
+        from ..data.records import TASKS
 
         for name, allowed in (("task", TASKS), ("template", TEMPLATES)):
             if getattr(self, name) not in allowed:

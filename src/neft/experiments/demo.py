@@ -18,7 +18,8 @@ from ..analyze.plots import save_figure
 from ..config import from_dict
 from ..core.io import atomic_text, check_output_files, check_output_folder, write_json
 from ..core.loading import load_model
-from ..data.records import harvest_gettext, write_jsonl
+from ..data.records import write_jsonl
+from ..data.sources import harvest_gettext
 from ..errors import NeftError
 from ..train.run import TrainConfig, train
 

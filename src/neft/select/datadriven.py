@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from ..core.layers import full_tensor, is_dtensor
 from ..core.neurons import is_conv1d
-from ..data.records import DataCollator, TokenizedDataset, build_dataset, load_records
+from ..data.records import load_records
+from ..data.tokenize import DataCollator, TokenizedDataset, build_dataset
 from ..errors import NeftError
 from .scorers import ScoreInput, Scores
 from .weights import by_module, cosine, logical_matrices, neuron_vectors

@@ -32,14 +32,8 @@ from ..core.io import apply_umask, check_output_folder, folder_lock, is_lock_fil
 from ..core.loading import check_length, load_model, recorded_name
 from ..core.model import NeftConfig, NeftModel, get_neft_model
 from ..core.neurons import NeuronSet, count_parameters, find_neuron_groups
-from ..data.records import (
-    FILE_FORMATS,
-    DataCollator,
-    build_dataset,
-    format_length_stats,
-    length_stats,
-    load_records,
-)
+from ..data.records import FILE_FORMATS, load_records
+from ..data.tokenize import DataCollator, build_dataset, format_length_stats, length_stats
 from ..errors import NeftError
 
 METHODS = ("neft", "random", "lora", "full", "ft-inout")
@@ -134,7 +128,8 @@ class TrainConfig:
         from transformers import SchedulerType
 
         from ..core.model import MODES
-        from ..data.records import TASKS, TEMPLATES, language_name
+        from ..data.prompts import TEMPLATES, language_name
+        from ..data.records import TASKS
         from ..select import SCORERS
 
         choices = {"task": TASKS, "template": TEMPLATES, "neft_mode": MODES,

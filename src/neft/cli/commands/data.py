@@ -8,14 +8,17 @@ import json
 import os
 
 from ...core.io import check_output_folder
-from ...data.records import GETTEXT_LOCALE_DIR, harvest_gettext, placeholders, write_jsonl
+from ...data.records import write_jsonl
 from ...data.sources import (
     DEFAULT_WORDS,
     GENERAL_SETS,
+    GETTEXT_LOCALE_DIR,
     LICENSE_DIR,
     MAN_DIR,
     fingerprint,
     harvest_general_text,
+    harvest_gettext,
+    placeholders,
 )
 from ...errors import NeftError
 
