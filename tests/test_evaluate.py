@@ -22,6 +22,7 @@ from neft.evaluate import (
     newline_token_ids,
     stop_token_ids,
 )
+from neft.evaluate.generation import _finish, _generate
 from neft.evaluate.metrics import (
     RougeTokenizer,
     bleu_tokenizer,
@@ -29,7 +30,6 @@ from neft.evaluate.metrics import (
     parse_metrics,
     score,
 )
-from neft.evaluate.run import _finish, _generate
 
 HYPS = ["The cat sat on the mat.", "It is raining in Berlin today.",
         "Open the file %s for reading."]

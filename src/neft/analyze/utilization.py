@@ -361,7 +361,7 @@ class UtilizationResult:
 def _base_of(adapter: str) -> str:
     """The base model an adapter folder recorded (as `neft eval` resolves it)."""
     from ..core.loading import EMBEDDED_NAMES, EMBEDDED_ORIGIN
-    from ..evaluate.run import _read_adapter_config
+    from ..evaluate.load import _read_adapter_config
 
     base = _read_adapter_config(os.path.expanduser(adapter)).get("base_model_name_or_path")
     return EMBEDDED_NAMES[0] if not base or base == EMBEDDED_ORIGIN else base
@@ -404,7 +404,7 @@ def analyze_utilization(
     neurons were trained, for "indirectly affected"; a neft adapter tells it by itself.
     """
     from ..core.neurons import find_neuron_groups
-    from ..evaluate.run import load_for_eval
+    from ..evaluate.load import load_for_eval
     from .sets import load_set
 
     if adapter and reference:

@@ -1,205 +1,34 @@
-"""Evaluation: greedy generation from the training prompts, then metrics.
+"""Evaluation: greedy generation from the training prompts, then metrics; `neft eval`.
 
     model, tokenizer, described = load_for_eval("smollm2-135m", adapter="outputs/run")
     result = evaluate_model(model, tokenizer, records, task="translation", target_lang="de")
-
-Prompts are rendered by neft.data.render_example and tokenized like training prompts, so
-the model sees at test time exactly what it saw before its targets. Generation is batched
-with left padding (decoder-only models continue from the last position), prompts sorted by
-length to waste little padding, and the outputs returned in input order.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-from jinja2 import TemplateError
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ..config import option
 from ..core.io import check_output_file, write_json
 from ..core.loading import (
-    EMBEDDED_NAMES,
-    EMBEDDED_ORIGIN,
-    check_length,
-    load_adapter_base,
     load_model,
 )
 from ..data.prompts import render_example, resolve_template
 from ..data.records import load_records
 from ..data.sources import fingerprint, load_drift_sets
-from ..data.tokenize import encode_prompt
 from ..errors import NeftError
+from .generation import _generate
 from .likelihood import drift, target_loss
+from .load import load_for_eval
 from .metrics import GENERATION_METRICS, language_code, parse_metrics, score
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-def end_of_turn_token_id(tokenizer: Any) -> int | None:
-    """The special token a chat template puts after an assistant message (SmolLM2's and
-    Qwen's <|im_end|>, Llama-3's <|eot_id|>, Gemma's <end_of_turn>), found by rendering one
-    turn, so that no model name list is needed. None without a chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    marker = "NEFTMARKER"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
-            tokenize=False)
-    except (TemplateError, ValueError):  # a template that rejects this conversation
-        return None
-    after = text[text.rfind(marker) + len(marker):]
-    special = set(tokenizer.all_special_ids)
-    for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
-        if token_id in special:
-            return token_id
-    return None
-
-
-def stop_token_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
-    """Token ids that end an answer: the tokenizer's eos, the model's generation eos ids and
-    the chat template's end-of-turn token."""
-    ids = [tokenizer.eos_token_id, end_of_turn_token_id(tokenizer)]
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += configured if isinstance(configured, list) else [configured]
-    stops = [i for i in dict.fromkeys(ids) if i is not None]
-    if not stops:
-        raise NeftError("the tokenizer has no eos token and the model no eos_token_id, so "
-                        "generation could not stop: set tokenizer.eos_token")
-    return stops
-
-
-def prompt_token_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt exactly as training tokenizes it (data.encode_prompt)."""
-    return [encode_prompt(tokenizer, prompt) for prompt in prompts]
-
-
-def newline_token_ids(tokenizer: Any) -> torch.Tensor:
-    """Ids of every token whose text holds a line break."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long)
-
-
-class StopAtNewline(StoppingCriteria):
-    """Ends a row once its answer has a newline after some non-blank text: single-line
-    answers (messages, sentences) are complete there, and a model that has not learned to
-    stop would otherwise ramble on to max_new_tokens."""
-
-    def __init__(self, tokenizer: Any, newline_ids: torch.Tensor, prompt_length: int):
-        self.tokenizer = tokenizer
-        self.newline_ids = newline_ids
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor,
-                 **kwargs: Any) -> torch.Tensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        newline = torch.isin(input_ids[:, -1], self.newline_ids.to(input_ids.device))
-        for row in newline.nonzero().flatten().tolist():
-            answer = self.tokenizer.decode(input_ids[row, self.prompt_length:],
-                                           skip_special_tokens=True)
-            done[row] = "\n" in answer.lstrip()
-        return done
-
-
-def _finish(tokenizer: Any, new_ids: list[int], ends: set[int],
-            stop_at_newline: bool) -> tuple[str, int, bool]:
-    """(answer text, tokens generated, whether it ended by itself) for one row.
-
-    The stop token counts as generated; the fill after a row has finished does not.
-    """
-    cut = next((i for i, token in enumerate(new_ids) if token in ends), None)
-    kept = new_ids if cut is None else new_ids[:cut]
-    text = tokenizer.decode(kept, skip_special_tokens=True).lstrip()
-    if stop_at_newline and "\n" in text:  # generation stopped right after the line break
-        return text.partition("\n")[0].rstrip(), len(kept), True
-    return text.rstrip(), len(kept) + (cut is not None), cut is not None
-
-
-def _generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int,
-              max_new_tokens: int, no_repeat_ngram_size: int, stop_at_newline: bool,
-              progress: bool) -> tuple[list[str], list[int], list[bool]]:
-    """Answers in input order, with the tokens each generated and whether it ended."""
-    if batch_size < 1 or max_new_tokens < 1:
-        raise NeftError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and "
-                        f"{max_new_tokens}")
-    if no_repeat_ngram_size < 0:
-        raise NeftError(f"no_repeat_ngram_size must be >= 0 (0: off), got {no_repeat_ngram_size}")
-    stops = stop_token_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    ends = {*stops, pad}  # finished rows are filled with pad
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=stops, pad_token_id=pad,
-                              no_repeat_ngram_size=no_repeat_ngram_size or None)
-    encoded = prompt_token_ids(tokenizer, prompts)
-    longest = max((len(ids) for ids in encoded), default=0)
-    check_length(model, longest + max_new_tokens,
-                 f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens})",
-                 "pass --max_new_tokens {room} or less, or shorter prompts", fixed=longest)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM early
-    device = next(model.parameters()).device
-    newline_ids = newline_token_ids(tokenizer).to(device) if stop_at_newline else None
-    texts, counts, ended = [""] * len(encoded), [0] * len(encoded), [False] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), tqdm(total=len(encoded), desc="generating", unit="ex",
-                                          disable=not progress, file=sys.stderr) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                width = max(len(encoded[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):  # left padding
-                    input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                    attention_mask[row, width - len(encoded[i]):] = 1
-                criteria = StoppingCriteriaList()
-                if newline_ids is not None:
-                    criteria.append(StopAtNewline(tokenizer, newline_ids, width))
-                output = model.generate(input_ids=input_ids.to(device),
-                                        attention_mask=attention_mask.to(device),
-                                        generation_config=config, stopping_criteria=criteria)
-                for row, new_ids in zip(batch, output[:, width:].tolist(), strict=True):
-                    texts[row], counts[row], ended[row] = _finish(tokenizer, new_ids, ends,
-                                                                  stop_at_newline)
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
-    return texts, counts, ended
-
-
-def generate(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    batch_size: int = 16,
-    max_new_tokens: int = 256,
-    no_repeat_ngram_size: int = 0,
-    stop_at_newline: bool = False,
-    progress: bool = False,
-) -> list[str]:
-    """Greedy answers to already rendered prompts, one per prompt, in input order.
-
-    Stops at eos or the chat end-of-turn token (and, with stop_at_newline, at the first
-    line break after some text). no_repeat_ngram_size=4 is the paper's setting; 0 is off.
-    Answers are stripped of surrounding whitespace.
-    """
-    return _generate(model, tokenizer, prompts, batch_size, max_new_tokens,
-                     no_repeat_ngram_size, stop_at_newline, progress)[0]
-
 
 # ----------------------------------------------------------------------------- evaluation
 
@@ -319,89 +148,6 @@ def evaluate_model(
     }
     result["samples"] = samples
     return result
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def _read_adapter_config(adapter_dir: str) -> dict[str, Any]:
-    path = os.path.join(adapter_dir, ADAPTER_CONFIG)
-    if not os.path.isdir(adapter_dir):
-        raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir of "
-                        "`neft train` (or a PEFT adapter folder)")
-    if not os.path.isfile(path):
-        raise NeftError(f"{adapter_dir} has no {ADAPTER_CONFIG}: pass a neft or PEFT adapter "
-                        "folder, or give a full/merged model folder as --model")
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise NeftError(f"{path} is not valid JSON ({exc.msg}); re-save the adapter") from None
-
-
-def _is_adapter_only(path: str) -> bool:
-    return (os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
-            and not os.path.isfile(os.path.join(path, "config.json")))
-
-
-def load_for_eval(
-    model: str | None = None,
-    adapter: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    trust_remote_code: bool = False,
-) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model, tokenizer, description) for a base model, a full/merged model folder, or a
-    base plus a neft or PEFT (e.g. LoRA) adapter folder.
-
-    An adapter folder given as model is taken as the adapter. The adapter's base is model,
-    else the base_model_name_or_path it recorded. Adapters are merged into the weights
-    (exact for neft and LoRA), so generation runs at the plain model's speed. The model
-    goes to the GPU when there is one.
-    """
-    if model and adapter is None and _is_adapter_only(os.path.expanduser(model)):
-        model, adapter = None, model
-    saved = _read_adapter_config(os.path.expanduser(adapter)) if adapter else {}
-    base = model or saved.get("base_model_name_or_path") or EMBEDDED_NAMES[0]
-    if base == EMBEDDED_ORIGIN:
-        base = EMBEDDED_NAMES[0]
-    if model is None and saved.get("base_model_name_or_path"):
-        loaded, tokenizer = load_adapter_base(base, adapter, dtype=dtype,
-                                              trust_remote_code=trust_remote_code)
-    else:
-        loaded, tokenizer = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    kind = None
-    if adapter:
-        kind = str(saved.get("peft_type", "")).upper()
-        if kind == "NEFT":
-            from ..core.model import NeftModel
-
-            loaded = NeftModel.from_pretrained(loaded, os.path.expanduser(adapter))
-            loaded = loaded.merge_and_unload()
-        elif kind:
-            from peft import PeftModel
-
-            folder = os.path.expanduser(adapter)
-            if not os.path.isfile(os.path.join(folder, "adapter_model.safetensors")):
-                raise NeftError(f"{adapter} has no adapter_model.safetensors (a pickle "
-                                "adapter_model.bin is not loaded: unpickling can run code); "
-                                "save the adapter with safe_serialization=True")
-            try:
-                loaded = PeftModel.from_pretrained(loaded, folder)
-            except (RuntimeError, ValueError, KeyError, OSError) as exc:
-                text = str(exc).strip()
-                raise NeftError(f"adapter {adapter} does not fit model {base} "
-                                f"({text.splitlines()[0] if text else type(exc).__name__}); "
-                                "pass the base model it was trained on as --model") from exc
-            if kind == "LORA":
-                loaded = loaded.merge_and_unload()
-        else:
-            raise NeftError(f"{adapter}/{ADAPTER_CONFIG} has no peft_type: it is neither a neft "
-                            "nor a PEFT adapter")
-    if torch.cuda.is_available():
-        loaded = loaded.to("cuda")
-    loaded.eval()
-    return loaded, tokenizer, {"model": base, "adapter": adapter,
-                               "adapter_type": kind.lower() if kind else None}
 
 
 # ----------------------------------------------------------------------------- command

@@ -21,7 +21,7 @@ from ..core.loading import load_model
 from ..data.records import write_jsonl
 from ..data.sources import harvest_gettext
 from ..errors import NeftError
-from ..train.run import TrainConfig, train
+from ..train import TrainConfig, train
 
 
 @dataclass
@@ -70,7 +70,7 @@ def train_method(config: DemoConfig, data: str, method: str, **options: Any) -> 
 
 def evaluate_all(config: DemoConfig, data: str) -> dict[str, dict[str, Any]]:
     from ..data.records import load_records
-    from ..evaluate.run import evaluate_model, load_for_eval
+    from ..evaluate import evaluate_model, load_for_eval
 
     records = load_records(os.path.join(data, "test.jsonl"), limit=config.test_examples,
                            task="translation")

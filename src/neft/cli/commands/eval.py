@@ -6,7 +6,7 @@ import argparse
 
 from ...config import add_dataclass_arguments, build_config
 from ...core.io import write_json
-from ...evaluate.run import EvalConfig, format_table, run_eval
+from ...evaluate import EvalConfig, format_table, run_eval
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ...config import add_dataclass_arguments, build_config
-from ...train.run import TrainConfig, train
+from ...train import TrainConfig, train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...config import from_dict, option
 from ...errors import NeftError
-from ...train.run import METHODS, TrainConfig
+from ...train import METHODS, TrainConfig
 
 # TrainConfig options that compare sets itself, with where the user gives them instead.
 OWNED_TRAIN = {

@@ -25,9 +25,9 @@ import torch
 from ...config import from_dict
 from ...core.io import write_json
 from ...errors import NeftError
+from ...evaluate import EvalConfig, run_eval
 from ...evaluate.likelihood import target_loss
-from ...evaluate.run import EvalConfig, run_eval
-from ...train.run import (
+from ...train import (
     RUN_FILE,
     TrainConfig,
     load_split,
