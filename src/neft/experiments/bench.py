@@ -6,7 +6,9 @@ discarded, median of the rest):
 trains layer 0 must pay), ``neft`` (compact deltas), ``neft-separate`` (compact deltas with
 the base weight left untouched, x D^T added separately: the fallback, not run by default),
 ``neft-mask`` (the paper's gradient masking), ``lora`` (peft, all linear layers but
-lm_head, rank matched to the budget), ``ft-inout`` (all MLP up/down weights) and ``full``.
+lm_head, rank matched to the budget), ``ft-inout`` (all MLP up/down weights) and ``full``:
+every method of neft.train's registry, set up as `neft train` sets it up (LoRA's alpha is
+TrainConfig's default, 16; it scales the update and costs no time or memory).
 
 Budgets: ``lora-r8`` (neurons whose parameters equal LoRA r8's), ``paper-6`` (the share of
 the neuron pool that the paper's 6% budget, 100k of Llama-2-7B's 704,512 neurons, is) or
@@ -40,7 +42,6 @@ from torch import nn
 
 from ..config import option
 from ..core.io import atomic_text, check_output_files, check_output_folder
-from ..core.model import NeftConfig, get_neft_model
 from ..core.neurons import (
     count_parameters,
     find_neuron_groups,
@@ -48,10 +49,16 @@ from ..core.neurons import (
     pool_size,
 )
 from ..errors import NeftError
+from ..train import METHODS, MethodSpec, get_method
 
-MODES = ("floor", "neft", "neft-separate", "neft-mask", "lora", "ft-inout", "full")
+NEFT_MODES = ("neft", "neft-separate", "neft-mask")
+# floor, the neft variants, then every method of neft.train's registry (random is neft's
+# speed: which neurons does not matter here).
+MODES = ("floor", *NEFT_MODES, *(m for m in METHODS if m not in ("neft", "random")))
 DEFAULT_MODES = ("floor", "neft", "neft-mask", "lora", "ft-inout", "full")
-BUDGET_MODES = ("neft", "neft-separate", "neft-mask", "lora")
+BUDGET_MODES = (*NEFT_MODES, *(m for m, method in METHODS.items()
+                               if method.budget in ("lora_rank", "parameters")))
+LORA_RANK_MODES = tuple(m for m, method in METHODS.items() if method.budget == "lora_rank")
 # The paper's budgets on Llama-2-7B: percent of all parameters -> neurons of 704,512.
 PAPER_POOL = 704_512
 PAPER_BUDGETS = {"0.4": 6_250, "1.5": 25_000, "3": 50_000, "6": 100_000, "9": 150_000,
@@ -213,29 +220,26 @@ def random_neurons(model: nn.Module, count: int, seed: int) -> Any:
 
 def prepare(model: nn.Module, mode: str, neurons: int, lora_rank: int, seed: int
             ) -> tuple[nn.Module, int]:
-    """(the model to train, its trainable parameters as the method counts them)."""
+    """(the model to train, its trainable parameters as the method counts them). Every mode
+    but floor (nothing trainable) and the neft variants is set up by neft.train's method
+    registry, as `neft train` does; neuron methods get ``neurons`` random neurons."""
     for param in model.parameters():
         param.requires_grad_(False)
-    if mode.startswith("neft"):
-        selection = random_neurons(model, neurons, seed)
-        config = NeftConfig(neurons=selection, mode="mask" if mode == "neft-mask" else "compact")
-        wrapped = get_neft_model(model, config)
+    if mode == "floor":
+        return model, 0
+    method = get_method("neft" if mode.startswith("neft") else mode)
+    selection = (random_neurons(model, neurons, seed)
+                 if method.budget in ("neurons", "parameters") else None)
+    spec = MethodSpec(neurons=selection if method.selects_neurons else None,
+                      budget_parameters=None if selection is None else selection.num_parameters(),
+                      neft_mode="mask" if mode == "neft-mask" else "compact",
+                      lora_r=lora_rank, seed=seed)
+    model = method.prepare(model, spec)
+    if method.selects_neurons:
         if mode == "neft-separate":
-            for _, layer in wrapped.neft_layers():
+            for _, layer in model.neft_layers():
                 layer.sync_weight = False
-        return wrapped, wrapped.get_nb_trainable_parameters()[0]
-    if mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                            target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)
-    elif mode == "ft-inout":
-        for group in find_neuron_groups(model):
-            model.get_submodule(group.module).weight.requires_grad_(True)
-    elif mode == "full":
-        for param in model.parameters():
-            param.requires_grad_(True)
+        return model, model.get_nb_trainable_parameters()[0]
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -354,7 +358,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "mode": mode, "budget": spec["budget"], "budget_neurons": spec["budget_neurons"],
         "neurons": spec["neurons"],
-        "lora_rank": spec["lora_rank"] if mode == "lora" else None,
+        "lora_rank": spec["lora_rank"] if mode in LORA_RANK_MODES else None,
         "trainable": trainable, "total_parameters": total,
         "parameters_with_grad": sum(p.numel() for p in params),
         "step_s": step, "tokens_per_s": spec["batch_size"] * spec["max_length"] / step,
@@ -425,7 +429,7 @@ def run_in_subprocess(spec: dict[str, Any], timeout: int) -> dict[str, Any]:
 def _identity(spec: dict[str, Any]) -> dict[str, Any]:
     return {"mode": spec["mode"], "budget": spec["budget"],
             "budget_neurons": spec["budget_neurons"], "neurons": spec["neurons"],
-            "lora_rank": spec["lora_rank"] if spec["mode"] == "lora" else None}
+            "lora_rank": spec["lora_rank"] if spec["mode"] in LORA_RANK_MODES else None}
 
 
 def add_ratios(runs: list[dict[str, Any]], first_budget: str | None) -> None:

@@ -7,7 +7,16 @@ options (TrainConfig), methods (what each method trains), trainer (NeftTrainer, 
 TrainingArguments), run (the output folder, the data, ``train``).
 """
 
-from .methods import METHODS, prepare_model, select_for_training, trainable_parameters
+from .methods import (
+    METHODS,
+    Method,
+    MethodSpec,
+    get_method,
+    prepare_model,
+    register_method,
+    select_for_training,
+    trainable_parameters,
+)
 from .options import TrainConfig
 from .run import (
     LOG_FILE,
@@ -21,7 +30,8 @@ from .run import (
 from .trainer import NeftTrainer, StopOnSignal, training_arguments
 
 __all__ = [
-    "LOG_FILE", "METHODS", "PLOT_FILE", "RUN_FILE", "NeftTrainer", "StopOnSignal",
-    "TrainConfig", "last_checkpoint", "load_split", "peak_memory_mb", "prepare_model",
-    "select_for_training", "train", "trainable_parameters", "training_arguments",
+    "LOG_FILE", "METHODS", "PLOT_FILE", "RUN_FILE", "Method", "MethodSpec", "NeftTrainer",
+    "StopOnSignal", "TrainConfig", "get_method", "last_checkpoint", "load_split",
+    "peak_memory_mb", "prepare_model", "register_method", "select_for_training", "train",
+    "trainable_parameters", "training_arguments",
 ]

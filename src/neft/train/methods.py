@@ -1,7 +1,23 @@
-"""The methods `neft train` can run: which parameters each makes trainable."""
+"""The one registry of training methods: `neft train` (so `neft compare`) and `neft bench`
+set every method up through it.
+
+A method is one entry: its name, a ``prepare(model, spec)`` that makes exactly its
+parameters trainable (or wraps the model) and returns the model to train, and how its
+size is set (``budget``). Add one with ``register_method``, as PEFT's
+``register_peft_method`` does:
+
+    def prepare_bitfit(model, spec):
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.endswith(".bias"))
+        return model
+
+    register_method("bitfit", prepare_bitfit, saves_model=True, label="all biases")
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -14,9 +30,130 @@ from ..errors import NeftError
 if TYPE_CHECKING:
     from .options import TrainConfig
 
-METHODS = ("neft", "random", "lora", "full", "ft-inout")
+BUDGETS = ("neurons", "parameters", "lora_rank", None)
 
-# ----------------------------------------------------------------------------- models
+
+@dataclass
+class MethodSpec:
+    """What a method's ``prepare`` may use. `neft train` fills it from TrainConfig;
+    `neft bench` from its budget (random neurons, the matching LoRA rank)."""
+
+    neurons: NeuronSet | None = None  # for methods that select neurons (neft, random)
+    budget_parameters: int | None = None  # the neft budget's trainable count (peers)
+    neft_mode: str = "compact"
+    lora_r: int = 8
+    lora_alpha: int = 16  # TrainConfig's default (the paper's), also in `neft bench`
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    seed: int = 1234
+    base_model_name_or_path: str | None = None
+    options: dict[str, Any] | None = None  # anything a newer method needs (method_options)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method.
+
+    ``budget``: ``"neurons"`` (the neft budget picks a NeuronSet first: neft, random),
+    ``"parameters"`` (sized to the neft budget's trainable count), ``"lora_rank"``
+    (lora_r; bench matches it to the budget) or None (a fixed set, named by ``label``).
+    ``saves_model``: the trained model is saved whole (with its tokenizer), not an adapter.
+    ``scorer``: the scorer a neuron method always uses (random), else TrainConfig's.
+    """
+
+    name: str
+    prepare: Callable[[nn.Module, MethodSpec], nn.Module]
+    budget: str | None = None
+    saves_model: bool = False
+    scorer: str | None = None
+    label: str = ""
+    help: str = ""
+
+    @property
+    def selects_neurons(self) -> bool:
+        return self.budget == "neurons"
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, prepare: Callable[[nn.Module, MethodSpec], nn.Module], *,
+                    budget: str | None = None, saves_model: bool = False,
+                    scorer: str | None = None, label: str = "", help: str = "") -> Method:
+    """Add a method to `neft train`, `neft compare` and `neft bench` (a name used before is
+    an error: methods are not replaced silently)."""
+    if name in METHODS:
+        raise NeftError(f"method {name!r} is registered already")
+    if budget not in BUDGETS:
+        raise NeftError(f"method {name!r}: budget must be one of {BUDGETS}, not {budget!r}")
+    method = Method(name, prepare, budget, saves_model, scorer, label,
+                    help or (prepare.__doc__ or "").strip().split("\n")[0])
+    METHODS[name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise NeftError(f"method {name!r} is not known; use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def prepare_neft(model: nn.Module, spec: MethodSpec) -> nn.Module:
+    """The chosen neurons' rows / columns, as a NeftModel adapter."""
+    if spec.neurons is None:
+        raise NeftError("method neft needs neurons: pass a NeuronSet (spec.neurons)")
+    config = NeftConfig(neurons=spec.neurons, mode=spec.neft_mode,
+                        base_model_name_or_path=spec.base_model_name_or_path)
+    return get_neft_model(model, config)
+
+
+def prepare_lora(model: nn.Module, spec: MethodSpec) -> nn.Module:
+    """peft's LoRA, rank lora_r on lora_target_modules."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = spec.lora_target_modules
+    lora = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha,
+                      lora_dropout=spec.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules=targets if targets == "all-linear"
+                      else [t.strip() for t in targets.split(",")])
+    try:
+        wrapped = get_peft_model(model, lora)
+    except ValueError as exc:  # e.g. target modules the model does not have
+        text = str(exc).strip()
+        raise NeftError(f"LoRA cannot be applied: {text.splitlines()[0] if text else exc!r}"
+                        "; name lora_target_modules as in model.named_modules() (e.g. "
+                        "q_proj,v_proj) or use all-linear") from exc
+    if spec.base_model_name_or_path is not None:
+        # the adapter works from any working directory (peft records the path as typed)
+        wrapped.peft_config["default"].base_model_name_or_path = recorded_name(
+            spec.base_model_name_or_path)
+    return wrapped
+
+
+def _train_only(model: nn.Module, modules: set[str] | None) -> nn.Module:
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(modules is None or name in modules)
+    return model
+
+
+def prepare_full(model: nn.Module, spec: MethodSpec) -> nn.Module:
+    """Every weight."""
+    return _train_only(model, None)
+
+
+def prepare_ft_inout(model: nn.Module, spec: MethodSpec) -> nn.Module:
+    """Every MLP in-row and out-column: all up/down weights (and their biases)."""
+    return _train_only(model, {g.module for g in find_neuron_groups(model)})
+
+
+register_method("neft", prepare_neft, budget="neurons",
+                help="neurons from a NeuronSet file, or selected on the fly by the scorer")
+register_method("random", prepare_neft, budget="neurons", scorer="random",
+                help="random neurons at the same budget (the control)")
+register_method("lora", prepare_lora, budget="lora_rank", help="peft's LoRA")
+register_method("full", prepare_full, saves_model=True, label="all")
+register_method("ft-inout", prepare_ft_inout, saves_model=True, label="all up/down")
 
 
 def _budget(config: TrainConfig) -> dict[str, Any]:
@@ -33,7 +170,7 @@ def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> 
 
     if config.method == "neft" and config.neurons:
         return NeuronSet.load(config.neurons)
-    scorer = "random" if config.method == "random" else config.scorer
+    scorer = get_method(config.method).scorer or config.scorer
     # reversed has no --reference here, so it runs a probe on the training data
     data = list(dataset) if scorer in NEEDS_DATA or scorer == "reversed" else None
     return _on_rank_zero(lambda: select_neurons(model, scorer=scorer, data=data,
@@ -54,38 +191,20 @@ def _on_rank_zero(select: Any) -> NeuronSet:
     return box[0]
 
 
+def method_spec(config: TrainConfig, neurons: NeuronSet | None = None,
+                budget_parameters: int | None = None) -> MethodSpec:
+    return MethodSpec(neurons=neurons, budget_parameters=budget_parameters,
+                      neft_mode=config.neft_mode, lora_r=config.lora_r,
+                      lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      lora_target_modules=config.lora_target_modules, seed=config.seed,
+                      base_model_name_or_path=config.model)
+
+
 def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Module:
     """Make exactly the method's parameters trainable."""
-    if config.method in ("neft", "random"):
-        neurons = select_for_training(model, config, dataset)
-        neft_config = NeftConfig(neurons=neurons, mode=config.neft_mode,
-                                 base_model_name_or_path=config.model)
-        return get_neft_model(model, neft_config)
-    if config.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = config.lora_target_modules
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-                          target_modules=targets if targets == "all-linear"
-                          else [t.strip() for t in targets.split(",")])
-        try:
-            wrapped = get_peft_model(model, lora)
-            # the adapter works from any working directory (peft records the path as typed)
-            wrapped.peft_config["default"].base_model_name_or_path = recorded_name(config.model)
-            return wrapped
-        except ValueError as exc:  # e.g. target modules the model does not have
-            text = str(exc).strip()
-            raise NeftError(f"LoRA cannot be applied: {text.splitlines()[0] if text else exc!r}"
-                            "; name lora_target_modules as in model.named_modules() (e.g. "
-                            "q_proj,v_proj) or use all-linear") from exc
-    trainable = None
-    if config.method == "ft-inout":
-        trainable = {g.module for g in find_neuron_groups(model)}
-    for name, module in model.named_modules():
-        for param in module.parameters(recurse=False):
-            param.requires_grad_(trainable is None or name in trainable)
-    return model
+    method = get_method(config.method)
+    neurons = select_for_training(model, config, dataset) if method.selects_neurons else None
+    return method.prepare(model, method_spec(config, neurons))
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -151,7 +151,7 @@ class TrainConfig:
                                 "install 'neft[deepspeed]' (README, Scaling out)")
         if self.fsdp_config and not fsdp_option(self.fsdp):
             raise NeftError("fsdp_config is used only with --fsdp true; pass both, or neither")
-        if (self.neft_mode == "mask" and self.method in ("neft", "random")
+        if (self.neft_mode == "mask" and METHODS[self.method].selects_neurons
                 and (fsdp_option(self.fsdp) or self.deepspeed)):
             raise NeftError("neft_mode mask (the paper's gradient masking of whole weights) "
                             "does not work on sharded weights; use neft_mode compact with "

@@ -1,8 +1,9 @@
 """Training: NeFT and the paper's baselines in one pipeline on transformers' Trainer.
 
-Methods: ``neft`` (neurons from a NeuronSet file, or selected on the fly), ``random``
-(random neurons at the same budget, the control), ``lora`` (peft), ``full``,
-``ft-inout`` (every MLP in-row and out-column: all up/down weights). Trainer brings
+Methods (neft.train.methods, one registry): ``neft`` (neurons from a NeuronSet file, or
+selected on the fly), ``random`` (random neurons at the same budget, the control),
+``lora`` (peft), ``full``, ``ft-inout`` (every MLP in-row and out-column: all up/down
+weights). Trainer brings
 distributed launch (torchrun / accelerate), checkpoints, resume, bf16 and evaluation;
 ``NeftTrainer`` only teaches it to save and load neft adapters instead of whole models.
 """
@@ -29,7 +30,7 @@ from ..core.neurons import count_parameters
 from ..data.records import FILE_FORMATS, load_records
 from ..data.tokenize import DataCollator, build_dataset, format_length_stats, length_stats
 from ..errors import NeftError
-from .methods import prepare_model, trainable_parameters
+from .methods import get_method, prepare_model, trainable_parameters
 from .options import TrainConfig, fsdp_option
 from .trainer import NeftTrainer, StopOnSignal, plot_losses, training_arguments
 
@@ -305,7 +306,7 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
                               eval_dataset=eval_data,
                               data_collator=DataCollator(tokenizer.pad_token_id),
                               processing_class=tokenizer, callbacks=[stopper, *callbacks])
-        if (config.neft_mode == "mask" and config.method in ("neft", "random")
+        if (config.neft_mode == "mask" and get_method(config.method).selects_neurons
                 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)):
             # set by `accelerate launch --use_fsdp / --use_deepspeed` rather than our flags
             raise NeftError("neft_mode mask does not work on sharded weights; use neft_mode "
@@ -339,7 +340,7 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
     if not interrupted:  # on every rank: sharded weights are gathered by all
         trainer.save_model(config.output_dir)
     if trainer.args.should_save:
-        if not interrupted and config.method in ("full", "ft-inout"):
+        if not interrupted and get_method(config.method).saves_model:
             tokenizer.save_pretrained(config.output_dir)
         write_json(os.path.join(config.output_dir, LOG_FILE), trainer.state.log_history,
                    allow_nan=True)

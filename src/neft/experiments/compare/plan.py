@@ -233,12 +233,11 @@ def _check_train_keys(values: dict[str, Any], where: str, extra: tuple[str, ...]
 
 def _budget(method: str, cell: dict[str, Any], train: dict[str, Any]) -> tuple[str, str]:
     """(table label, name part) of a cell's budget, following train._budget's precedence."""
-    if method == "lora":
+    registered = METHODS[method]
+    if registered.budget == "lora_rank":
         return f"r{train['lora_r']}", f"r{train['lora_r']}"
-    if method == "full":
-        return "all", ""
-    if method == "ft-inout":
-        return "all up/down", ""
+    if registered.budget is None:
+        return registered.label or method, ""
     if method == "neft" and train.get("neurons"):
         stem = os.path.splitext(os.path.basename(str(train["neurons"])))[0]
         return f"file {stem}", stem

@@ -25,9 +25,9 @@ import torch
 from ...config import from_dict
 from ...core.io import write_json
 from ...errors import NeftError
-from ...evaluate import EvalConfig, run_eval
-from ...evaluate.likelihood import target_loss
+from ...evaluate import EvalConfig, run_eval, target_loss
 from ...train import (
+    METHODS,
     RUN_FILE,
     TrainConfig,
     load_split,
@@ -214,7 +214,7 @@ def run_job(folder: str) -> dict[str, Any]:
                       overwrite=True)  # an unfinished run's own file
         if train_values is None:
             values["model"] = job["model"]
-        elif train_values["method"] in ("full", "ft-inout"):
+        elif METHODS[train_values["method"]].saves_model:
             values["model"] = train_values["output_dir"]  # a whole saved model
         else:
             values.update(model=train_values["model"], adapter=train_values["output_dir"])
