@@ -60,6 +60,35 @@ def finite_float(text: str) -> float:
     return value
 
 
+def parse_options(text: str) -> dict[str, Any]:
+    """'steps=40,learning_rate=1e-4' -> {'steps': 40, 'learning_rate': 0.0001}: the values
+    read as YAML scalars (numbers, true/false, text)."""
+    options: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"{text!r}: write key=value pairs, e.g. "
+                                             "steps=40,learning_rate=1e-4")
+        options[key.strip()] = _scalar(value.strip())
+    return options
+
+
+def _scalar(text: str) -> Any:
+    """A number (1e-4 too, which YAML 1.1 reads as text), true/false, or the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, str)) or value is None else text
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """A ``--name`` flag per field, default None so that YAML values are not overridden."""
     parser.add_argument("--config", help="YAML file with any of these options")
@@ -72,7 +101,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
                                 help=f"{help_text} (default: {default})")
         else:
-            types_ = {int: int, float: finite_float}
+            types_ = {int: int, float: finite_float, dict: parse_options}
             parser.add_argument(flag, type=types_.get(kind, str), default=None,
                                 help=f"{help_text} (default: {default})")
 
@@ -179,6 +208,16 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         if number != int(number):
             raise NeftError(f"option {name} must be a whole number, not {value!r}")
         return int(number)
+    if kind is dict:
+        if isinstance(value, str):
+            try:
+                return parse_options(value)
+            except argparse.ArgumentTypeError as exc:
+                raise NeftError(f"option {name}: {exc}") from None
+        if not isinstance(value, dict):
+            raise NeftError(f"option {name} must be a mapping of names to values, not "
+                            f"{value!r}")
+        return dict(value)
     if kind is str and not isinstance(value, str):
         if isinstance(value, bool):  # `bf16: true` in YAML means the text true
             return "true" if value else "false"

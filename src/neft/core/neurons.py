@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -83,16 +84,38 @@ class NeuronGroup:
         return torch.arange(self.start, self.start + self.count)
 
 
-# MLP layouts found in Hugging Face decoders, recognised from a module's own children:
-# (in-projection, out-projection, gate-projection or None, in-projection fused as [gate; up]).
-MLP_LAYOUTS: tuple[tuple[str, str, str | None, bool], ...] = (
-    ("up_proj", "down_proj", "gate_proj", False),  # Llama, Mistral, Qwen2, Gemma, SmolLM
-    ("gate_up_proj", "down_proj", None, True),  # Phi-3 (fused; up is the second half)
-    ("c_fc", "c_proj", None, False),  # GPT-2 (Conv1D)
-    ("dense_h_to_4h", "dense_4h_to_h", None, False),  # GPT-NeoX, Falcon, BLOOM
-    ("fc1", "fc2", None, False),  # OPT, Phi-1/2
-    ("fc_in", "fc_out", None, False),  # GPT-J
-)
+class MLPLayout(NamedTuple):
+    """An MLP found in Hugging Face decoders, recognised from a module's own children: its
+    in-projection (``up``, neurons are its rows), out-projection (``down``, columns), the
+    gate projection or None, and whether ``up`` is fused as [gate; up]."""
+
+    name: str
+    up: str
+    down: str
+    gate: str | None = None
+    fused: bool = False
+
+
+# The neuron presets, tried in order; register_preset adds one.
+MLP_LAYOUTS: dict[str, MLPLayout] = {}
+
+
+def register_preset(name: str, up: str, down: str, gate: str | None = None,
+                    fused: bool = False) -> MLPLayout:
+    """Teach find_neuron_groups an MLP layout: the child names of its in- and
+    out-projection (and gate), e.g. ``register_preset("gpt-j", "fc_in", "fc_out")``."""
+    if name in MLP_LAYOUTS:
+        raise NeftError(f"neuron preset {name!r} is registered already")
+    MLP_LAYOUTS[name] = layout = MLPLayout(name, up, down, gate, fused)
+    return layout
+
+
+register_preset("llama", "up_proj", "down_proj", "gate_proj")  # Mistral, Qwen2, Gemma, SmolLM
+register_preset("phi-3", "gate_up_proj", "down_proj", fused=True)  # up is the second half
+register_preset("gpt-2", "c_fc", "c_proj")  # Conv1D
+register_preset("gpt-neox", "dense_h_to_4h", "dense_4h_to_h")  # GPT-NeoX, Falcon, BLOOM
+register_preset("opt", "fc1", "fc2")  # OPT, Phi-1/2
+register_preset("gpt-j", "fc_in", "fc_out")
 
 
 def layer_index(path: str) -> int:
@@ -109,7 +132,7 @@ def _preset_groups(model: nn.Module, include_gate: bool) -> list[NeuronGroup]:
     groups: list[NeuronGroup] = []
     for path, module in model.named_modules():
         children = _children(module)
-        for in_name, out_name, gate_name, fused in MLP_LAYOUTS:
+        for _, in_name, out_name, gate_name, fused in MLP_LAYOUTS.values():
             up, down = children.get(in_name), children.get(out_name)
             if up is None or down is None or not (is_target_layer(up) and is_target_layer(down)):
                 continue

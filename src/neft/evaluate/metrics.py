@@ -3,6 +3,17 @@ optional COMET, and paired bootstrap resampling between two systems.
 
 Every score is on a 0-100 scale and comes with a signature saying how it was computed,
 so that numbers from different runs are only compared when they mean the same thing.
+
+Metrics live in one registry. A generation metric is a function of a MetricInput (the
+answers, the references, ...) returning ({score name: value}, signature); add one with
+
+    def exact_match(inp):
+        hits = sum(h.strip() == r.strip() for h, r in zip(inp.hyps, inp.refs))
+        return {"exact_match": 100 * hits / len(inp.refs)}, "exact string match x100"
+
+    register_metric("exact", exact_match)
+
+and `neft eval --metrics exact` (and compare's eval metrics) can use it.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,11 +31,6 @@ from sacrebleu.metrics import BLEU, CHRF
 from ..data.sources import placeholder_survival, placeholders
 from ..errors import NeftError
 
-GENERATION_METRICS = ("bleu", "chrf", "rouge", "placeholders", "comet")
-# Teacher-forced, no generation (neft.evaluate.likelihood): test loss, and drift from the
-# base model.
-LIKELIHOOD_METRICS = ("loss", "drift")
-METRICS = GENERATION_METRICS + LIKELIHOOD_METRICS
 DEFAULT_METRICS = ("bleu", "chrf", "rouge")
 BOOTSTRAP_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -75,6 +82,42 @@ def _check_pairs(hyps: Sequence[str], refs: Sequence[str]) -> None:
         raise NeftError(f"{len(hyps)} hypotheses but {len(refs)} references: pass one each")
     if not refs:
         raise NeftError("no hypotheses to score")
+
+
+@dataclass
+class MetricInput:
+    """What a generation metric may use."""
+
+    hyps: Sequence[str]
+    refs: Sequence[str]
+    target_lang: str | None = None
+    sources: Sequence[str] | None = None
+    comet_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """``kind``: "generation" (scored from the answers by ``fn``) or "likelihood"
+    (teacher-forced from the model, no generation: neft.evaluate.likelihood; no ``fn``)."""
+
+    name: str
+    fn: Callable[[MetricInput], tuple[dict[str, float | None], str]] | None
+    kind: str = "generation"
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, fn: Callable[[MetricInput], tuple[dict[str, Any], str]] | None,
+                    *, kind: str = "generation") -> Metric:
+    """Make a metric usable by name in `neft eval --metrics` and compare's eval metrics."""
+    if name in METRICS:
+        raise NeftError(f"metric {name!r} is registered already")
+    if kind not in ("generation", "likelihood") or (kind == "generation") != (fn is not None):
+        raise NeftError(f"metric {name!r}: a generation metric has a function, a likelihood "
+                        "one none (evaluate_model computes it)")
+    METRICS[name] = metric = Metric(name, fn, kind)
+    return metric
 
 
 def parse_metrics(metrics: str | Sequence[str] | None, refs: Sequence[str] = ()) -> list[str]:
@@ -146,27 +189,39 @@ def score(
         raise NeftError("metric comet needs a local COMET checkpoint: pass --comet_model PATH")
     scores: dict[str, Any] = {}
     signatures: dict[str, str] = {}
+    inp = MetricInput(hyps, refs, target_lang, sources, comet_model)
     for name in chosen:
-        if name in LIKELIHOOD_METRICS:
+        metric = METRICS[name]
+        if metric.fn is None:
             continue  # computed from the model, not the answers (evaluate.evaluate_model)
-        if name in ("bleu", "chrf"):
-            metric = _sacrebleu_metric(name, target_lang)
-            scores[name] = float(metric.corpus_score(list(hyps), [list(refs)]).score)
-            signatures[name] = str(metric.get_signature())
-        elif name == "rouge":
-            for rouge_type, values in _rouge_per_segment(hyps, refs).items():
-                scores[rouge_type] = float(values.mean())
-            signatures["rouge"] = ROUGE_SIGNATURE
-        elif name == "placeholders":
-            survival = placeholder_survival(hyps, refs)
-            scores["placeholder_survival"] = None if np.isnan(survival) else 100 * survival
-            signatures["placeholders"] = ("% of the references' format placeholders that the "
-                                          "hypothesis reproduces exactly (multiset)")
-        else:
-            if sources is None:
-                raise NeftError("metric comet needs the source texts")
-            scores["comet"], signatures["comet"] = comet_score(sources, hyps, refs, comet_model)
+        values, signatures[name] = metric.fn(inp)
+        scores.update(values)
     return {"scores": scores, "signatures": signatures}
+
+
+def _sacrebleu(inp: MetricInput, name: str) -> tuple[dict[str, Any], str]:
+    metric = _sacrebleu_metric(name, inp.target_lang)
+    value = float(metric.corpus_score(list(inp.hyps), [list(inp.refs)]).score)
+    return {name: value}, str(metric.get_signature())
+
+
+def _rouge(inp: MetricInput) -> tuple[dict[str, Any], str]:
+    values = _rouge_per_segment(inp.hyps, inp.refs)
+    return {name: float(v.mean()) for name, v in values.items()}, ROUGE_SIGNATURE
+
+
+def _placeholders(inp: MetricInput) -> tuple[dict[str, Any], str]:
+    survival = placeholder_survival(inp.hyps, inp.refs)
+    return ({"placeholder_survival": None if np.isnan(survival) else 100 * survival},
+            "% of the references' format placeholders that the hypothesis reproduces "
+            "exactly (multiset)")
+
+
+def _comet(inp: MetricInput) -> tuple[dict[str, Any], str]:
+    if inp.sources is None:
+        raise NeftError("metric comet needs the source texts")
+    value, signature = comet_score(inp.sources, inp.hyps, inp.refs, inp.comet_model)
+    return {"comet": value}, signature
 
 
 def _sacrebleu_metric(name: str, target_lang: str | None) -> BLEU | CHRF:
@@ -228,3 +283,14 @@ def paired_bootstrap(
     return {"metric": metric, "score_a": score_a, "score_b": score_b,
             "delta": score_a - score_b, "interval": [float(low), float(high)],
             "p_value": float(p_value), "resamples": n, "seed": seed, "signature": signature}
+
+
+register_metric("bleu", lambda inp: _sacrebleu(inp, "bleu"))
+register_metric("chrf", lambda inp: _sacrebleu(inp, "chrf"))
+register_metric("rouge", _rouge)
+register_metric("placeholders", _placeholders)
+register_metric("comet", _comet)
+# Teacher-forced, no generation (neft.evaluate.likelihood): test loss, and drift from the
+# base model.
+register_metric("loss", None, kind="likelihood")
+register_metric("drift", None, kind="likelihood")

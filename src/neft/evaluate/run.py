@@ -28,7 +28,7 @@ from ..errors import NeftError
 from .generation import _generate
 from .likelihood import drift, target_loss
 from .load import load_for_eval
-from .metrics import GENERATION_METRICS, language_code, parse_metrics, score
+from .metrics import METRICS, language_code, parse_metrics, score
 
 # ----------------------------------------------------------------------------- evaluation
 
@@ -89,7 +89,7 @@ def evaluate_model(
     refs = [target.strip() for _, target in pairs]
     scoring_lang = _scoring_language(records, task, source_lang, target_lang)
     chosen = parse_metrics(metrics, refs)  # fail on a bad metric before generating
-    generating = [m for m in chosen if m in GENERATION_METRICS]
+    generating = [m for m in chosen if METRICS[m].kind == "generation"]
     if "drift" in chosen:
         if base_model is None:
             raise NeftError("metric drift needs the base model to compare with: pass "

@@ -20,7 +20,14 @@ from ..core.neurons import is_conv1d
 from ..data.records import load_records
 from ..data.tokenize import DataCollator, TokenizedDataset, build_dataset
 from ..errors import NeftError
-from .scorers import ScoreInput, Scores
+from .registry import (
+    DATA_WITHOUT_REFERENCE,
+    ScoreInput,
+    Scores,
+    register_scorer,
+    scorer_settings,
+)
+from .scorers import _describe, cosine_similarities
 from .weights import by_module, cosine, logical_matrices, neuron_vectors
 
 # The paper's fine-tuning settings (AdamW, lr 2e-5, linear decay, seed 1234; HF Trainer's
@@ -68,14 +75,6 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int, pad_id: int
             yield {k: v.to(device) for k, v in batch.items()}
 
 
-def _settings(inp: ScoreInput, defaults: dict[str, Any]) -> dict[str, Any]:
-    settings = {**defaults, **{k: v for k, v in inp.options.items() if k in defaults}}
-    for key in ("steps", "batch_size"):
-        if int(settings[key]) != settings[key] or settings[key] < 1:
-            raise NeftError(f"{key}={settings[key]} must be a positive whole number")
-    return settings
-
-
 def _refuse_sharded(model: nn.Module, what: str) -> None:
     if any(is_dtensor(p) or hasattr(p, "ds_id") for p in model.parameters()):
         raise NeftError(f"{what}, which is not done on a sharded (FSDP / ZeRO-3) model: select "
@@ -92,7 +91,7 @@ def score_probe(inp: ScoreInput) -> Scores:
     temporary file (not memory) and put back. Rankings depend strongly on the learning
     rate, so every setting is returned for the metadata.
     """
-    settings = _settings(inp, PROBE_DEFAULTS)
+    settings = scorer_settings(inp, "probe")
     model, groups = inp.model, inp.groups
     _refuse_sharded(model, "the probe fine-tunes and restores the whole model")
     restore = inp.options.get("restore", True)
@@ -165,7 +164,7 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
     back unless ``restore`` is False. Gradient clipping is left out: it needs every
     gradient at once, and Adam's per-element normalisation makes it nearly a no-op.
     """
-    settings = _settings(inp, FAST_PROBE_DEFAULTS)
+    settings = scorer_settings(inp, "fast-probe")
     model, groups = inp.model, inp.groups
     _refuse_sharded(model, "the fast probe updates whole candidate matrices")
     modules = by_module(groups)
@@ -288,7 +287,7 @@ def score_gradient(inp: ScoreInput) -> Scores:
     so the averaged gradient FSDP2 leaves in each shard is the batch's own; the shards are
     gathered after each backward, one matrix at a time, and every rank gets the scores.
     """
-    settings = _settings(inp, GRADIENT_DEFAULTS)
+    settings = scorer_settings(inp, "gradient")
     model, groups = inp.model, inp.groups
     modules = by_module(groups)
     layers = dict(model.named_modules())
@@ -343,3 +342,23 @@ def score_gradient(inp: ScoreInput) -> Scores:
             scores[i] = (DRIFT_STEPS * snr + size).sqrt() / norm
     settings.update(drift_steps=DRIFT_STEPS, selects="largest predicted Adam turn")
     return scores, settings
+
+
+def score_reversed(inp: ScoreInput) -> Scores:
+    """Highest similarity first: the paper's "Reversed" ablation (the least moved neurons).
+    Without a reference, a probe is run as for ``probe``."""
+    if inp.reference is None:
+        distances, settings = score_probe(inp)
+        return [-d for d in distances], {**settings, "selects": "highest cosine"}
+    sims = cosine_similarities(inp.model, inp.groups, inp.weights, inp.reference, inp.progress)
+    return sims, {"reference": _describe(inp.reference), "selects": "highest cosine"}
+
+
+register_scorer("probe", score_probe, needs_data=True, defaults=PROBE_DEFAULTS,
+                help="short full fine-tuning on --data, then cosine (the paper's probe)")
+register_scorer("reversed", score_reversed, needs_data=DATA_WITHOUT_REFERENCE,
+                defaults=PROBE_DEFAULTS, help="highest cosine (vs --reference, else a probe)")
+register_scorer("fast-probe", score_fast_probe, needs_data=True, defaults=FAST_PROBE_DEFAULTS,
+                help="ours: a few AdamW steps on the candidate matrices, then cosine")
+register_scorer("gradient", score_gradient, needs_data=True, defaults=GRADIENT_DEFAULTS,
+                help="ours: gradient statistics on --data")

@@ -1,13 +1,10 @@
-"""Scorers that need no training data: cosine (the paper), reversed, random, magnitude.
+"""Scorers that need no training data: cosine (the paper), random, magnitude.
 
 A scorer returns one score per candidate neuron (a tensor per group) and the settings
-to record; higher scores are selected first.
+to record; higher scores are selected first (neft.select.registry).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,25 +12,8 @@ from tqdm.auto import tqdm
 
 from ..core.neurons import NeuronGroup
 from ..errors import NeftError
+from .registry import ScoreInput, Scores, register_scorer
 from .weights import WeightSource, by_module, cosine, logical_matrices, neuron_vectors
-
-Scores = tuple[list[torch.Tensor], dict[str, Any]]
-
-
-@dataclass
-class ScoreInput:
-    """What a scorer may use. ``weights`` is where the base weights are read from: the
-    model itself, or its checkpoint when the model was built without weights (meta)."""
-
-    model: nn.Module
-    groups: list[NeuronGroup]
-    weights: WeightSource
-    seed: int
-    reference: WeightSource | None = None
-    examples: list[dict[str, list[int]]] | None = None
-    pad_token_id: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
 
 
 def cosine_similarities(model: nn.Module, groups: list[NeuronGroup], base: WeightSource,
@@ -70,18 +50,6 @@ def score_cosine(inp: ScoreInput) -> Scores:
     return [1 - s for s in sims], {"reference": _describe(reference), "selects": "lowest cosine"}
 
 
-def score_reversed(inp: ScoreInput) -> Scores:
-    """Highest similarity first: the paper's "Reversed" ablation (the least moved neurons).
-    Without a reference, a probe is run as for ``probe``."""
-    if inp.reference is None:
-        from .datadriven import score_probe
-
-        distances, settings = score_probe(inp)
-        return [-d for d in distances], {**settings, "selects": "highest cosine"}
-    sims = cosine_similarities(inp.model, inp.groups, inp.weights, inp.reference, inp.progress)
-    return sims, {"reference": _describe(inp.reference), "selects": "highest cosine"}
-
-
 def score_random(inp: ScoreInput) -> Scores:
     """Uniform random neurons, reproducible from the seed: the control the paper lacks."""
     generator = torch.Generator().manual_seed(inp.seed)
@@ -98,3 +66,9 @@ def score_magnitude(inp: ScoreInput) -> Scores:
         for i in modules[module]:
             scores[i] = -neuron_vectors(weight, inp.groups[i]).double().norm(dim=1)
     return scores, {"selects": "lowest L2 norm"}
+
+
+register_scorer("cosine", score_cosine,
+                help="vs --reference, a fine-tuned checkpoint (the paper)")
+register_scorer("random", score_random, help="uniform random (seeded): the control")
+register_scorer("magnitude", score_magnitude, help="lowest L2 norm")

@@ -26,6 +26,7 @@ from ..core.loading import recorded_name
 from ..core.model import NeftConfig, get_neft_model
 from ..core.neurons import NeuronSet, find_neuron_groups
 from ..errors import NeftError
+from ..select import get_scorer, select_neurons
 
 if TYPE_CHECKING:
     from .options import TrainConfig
@@ -166,15 +167,15 @@ def _budget(config: TrainConfig) -> dict[str, Any]:
 
 def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> NeuronSet:
     """Neurons for methods neft (file or on-the-fly scorer) and random."""
-    from ..select import NEEDS_DATA, select_neurons
-
     if config.method == "neft" and config.neurons:
         return NeuronSet.load(config.neurons)
     scorer = get_method(config.method).scorer or config.scorer
     # reversed has no --reference here, so it runs a probe on the training data
-    data = list(dataset) if scorer in NEEDS_DATA or scorer == "reversed" else None
+    data = list(dataset) if get_scorer(scorer).wants_data(has_reference=False) else None
+    options = config.scorer_options if scorer == config.scorer else None
     return _on_rank_zero(lambda: select_neurons(model, scorer=scorer, data=data,
-                                                seed=config.seed, **_budget(config)))
+                                                seed=config.seed, scorer_options=options,
+                                                **_budget(config)))
 
 
 def _on_rank_zero(select: Any) -> NeuronSet:

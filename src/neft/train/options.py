@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import option
+from ..core.model import MODES
 from ..errors import NeftError
+from ..select import SCORERS
+from ..select.registry import check_scorer_options
 from .methods import METHODS
 
 
@@ -37,6 +40,8 @@ class TrainConfig:
     # neurons
     neurons: str | None = option("NeuronSet file (from `neft select`) for method neft")
     scorer: str = option("scorer when selecting on the fly (no --neurons)", "fast-probe")
+    scorer_options: dict | None = option("the scorer's own settings, e.g. steps=40,"
+                                         "learning_rate=1e-4 (names: neft select --help)")
     match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")
@@ -94,11 +99,8 @@ class TrainConfig:
         folder is made (Trainer and torch would fail later, with a traceback)."""
         from transformers import SchedulerType
 
-        from ..core.model import MODES
         from ..data.prompts import TEMPLATES, language_name
         from ..data.records import TASKS
-        from ..select import SCORERS
-
         choices = {"task": TASKS, "template": TEMPLATES, "neft_mode": MODES,
                    "scorer": tuple(SCORERS),
                    "lr_scheduler_type": tuple(t.value for t in SchedulerType)}
@@ -106,6 +108,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "
                                 f"{', '.join(allowed)}")
+        if self.scorer_options:
+            check_scorer_options(self.scorer, self.scorer_options)
         if not self.output_dir:
             raise NeftError("output_dir is empty; pass --output_dir FOLDER")
         at_least = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...config import finite_float
+from ...config import finite_float, parse_options
 from ...core.io import check_output_file
 from ...errors import NeftError
 from ...select import (
@@ -23,7 +23,6 @@ from ...select import (
     transfer_set,
     union_sets,
 )
-from ...select.datadriven import FAST_PROBE_DEFAULTS, GRADIENT_DEFAULTS, PROBE_DEFAULTS
 
 
 def _target_modules(text: str) -> dict[str, str]:
@@ -36,6 +35,13 @@ def _target_modules(text: str) -> dict[str, str]:
     return {module: axis for module, _, axis in pairs}
 
 
+def _defaults_of(knob: str) -> str:
+    """'probe 200, fast-probe 20, gradient 24': each scorer's default of one knob."""
+    return "default " + ", ".join(f"{s.name} {s.defaults[knob]:g}" if isinstance(
+        s.defaults[knob], float) else f"{s.name} {s.defaults[knob]}"
+        for s in SCORERS.values() if knob in s.defaults)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "select", help="choose the neurons to train (writes a NeuronSet file)",
@@ -45,10 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="NeuronSet file to write (.safetensors)")
     parser.add_argument("--model", help="model name or path (smollm2-135m = the embedded one)")
     parser.add_argument("--scorer", choices=list(SCORERS), default="cosine",
-                        help="cosine: vs --reference (the paper); probe: short full fine-tuning "
-                             "then cosine; reversed: highest cosine; random; magnitude: lowest "
-                             "norm; fast-probe: ours, a few AdamW steps on the candidate matrices "
-                             "then cosine; gradient: ours, gradient statistics on --data")
+                        help="; ".join(f"{s.name}: {s.help}" if s.help else s.name
+                                       for s in SCORERS.values()).replace("%", "%%"))
     budget = parser.add_argument_group("budget (exactly one)")
     budget.add_argument("--neurons", type=int)
     budget.add_argument("--percent", type=finite_float,
@@ -71,15 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use the first N records")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"probe: optimizer steps ({PROBE_DEFAULTS['steps']}); fast-probe: "
-                             f"{FAST_PROBE_DEFAULTS['steps']}; gradient: "
-                             f"batches ({GRADIENT_DEFAULTS['steps']})")
+                        help="optimizer steps (gradient: batches); " + _defaults_of("steps"))
     parser.add_argument("--learning_rate", type=finite_float, default=None,
-                        help=f"probe and fast-probe ({PROBE_DEFAULTS['learning_rate']:g})")
+                        help=_defaults_of("learning_rate"))
     parser.add_argument("--per_device_train_batch_size", "--batch_size", dest="batch_size",
-                        type=int, default=None,
-                        help="probe/fast-probe/gradient batch size "
-                             f"({PROBE_DEFAULTS['batch_size']})")
+                        type=int, default=None, help="batch size; " + _defaults_of("batch_size"))
+    parser.add_argument("--scorer_options", type=parse_options, default=None,
+                        metavar="K=V,...",
+                        help="any knob of the scorer, by name: " + "; ".join(
+                            f"{s.name}: {', '.join(s.defaults)}" for s in SCORERS.values()
+                            if s.defaults))
     parser.add_argument("--target_modules", type=_target_modules, default=None,
                         help="candidate modules and axes, e.g. mlp.fc_in=rows,mlp.fc_out=cols "
                              "(default: the MLP preset found in the model)")
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             max_length=args.max_length, limit=args.limit, seed=args.seed,
             target_modules=args.target_modules, include_gate=args.include_gate,
             steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-            restore=False, progress=not args.quiet)
+            restore=False, progress=not args.quiet, scorer_options=args.scorer_options)
     neurons.save(args.output)
     print(format_summary(neurons))
     print(f"wrote {args.output}")

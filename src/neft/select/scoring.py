@@ -1,0 +1,239 @@
+"""score_neurons (every candidate neuron's score from one registered scorer),
+select_neurons (a budget of the best as a NeuronSet), and the set operations."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..core.neurons import (
+    NeuronGroup,
+    NeuronSet,
+    count_parameters,
+    find_neuron_groups,
+    model_fingerprint,
+    neuron_set_from_groups,
+    pool_size,
+)
+from ..errors import NeftError
+from . import datadriven as _datadriven  # noqa: F401 - registers probe, fast-probe, gradient
+from . import scorers as _scorers  # noqa: F401 - registers cosine, random, magnitude
+from .budget import QUOTAS, Budget, choose, linear_shapes, lora_parameters, resolve_budget
+from .datadriven import prepare_examples
+from .registry import ScoreInput, check_scorer_options, get_scorer
+from .weights import WeightSource
+
+
+@dataclass
+class NeuronScores:
+    """Every candidate neuron's score from one scoring run; select any budget from it.
+
+    ``metadata`` (scorer, settings, model and data fingerprints, time, memory) goes into
+    every NeuronSet selected. ``shapes`` are the model's linear layers, for LoRA budgets.
+    """
+
+    groups: list[NeuronGroup]
+    scores: list[torch.Tensor]
+    metadata: dict[str, Any]
+    shapes: dict[str, tuple[int, int]]
+
+    def budget(self, *, neurons: int | None = None, percent: float | None = None,
+               params: int | None = None, match_lora: int | None = None,
+               lora_target_modules: Sequence[str] | None = None) -> Budget:
+        lora = (None if match_lora is None
+                else lora_parameters(self.shapes, match_lora, lora_target_modules))
+        return resolve_budget(self.groups, int(self.metadata["model_parameters"]),
+                              neurons=neurons, percent=percent, params=params,
+                              lora_params=lora, lora_rank=match_lora)
+
+    def select(self, budget: Budget, quota: str | None = None) -> NeuronSet:
+        chosen = choose(self.groups, self.scores, budget.neurons, quota)
+        metadata = {**self.metadata, "budget": budget.to_dict(), "quota": quota or "global"}
+        return neuron_set_from_groups(self.groups, chosen, metadata)
+
+
+def select_neurons(
+    model: nn.Module | str,
+    scorer: str = "cosine",
+    *,
+    neurons: int | None = None,
+    percent: float | None = None,
+    params: int | None = None,
+    match_lora: int | None = None,
+    lora_target_modules: Sequence[str] | None = None,
+    quota: str | None = None,
+    **options: Any,
+) -> NeuronSet:
+    """Score the model's candidate neurons and keep the budget's best as a NeuronSet.
+
+    Budget: exactly one of ``neurons``, ``percent`` (of ALL model parameters, as in the
+    paper), ``params`` or ``match_lora`` (the parameters of LoRA rank R on
+    ``lora_target_modules``, default all linear layers but lm_head).
+    ``quota``: None ranks all layers together (the paper); ``layer``, ``kind`` or
+    ``module`` (layer x kind) rank within each and split the budget by pool size.
+    ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
+    is checked before scoring, so a bad one fails fast.
+    """
+    if quota is not None and quota not in QUOTAS:
+        raise NeftError(f"quota={quota!r} is not known; use one of {', '.join(QUOTAS)} "
+                        "or none for one global ranking")
+    spec = {"neurons": neurons, "percent": percent, "params": params, "match_lora": match_lora,
+            "lora_target_modules": lora_target_modules}
+    budgets: list[Budget] = []
+
+    def check_budget(scores: NeuronScores) -> None:
+        budgets.append(scores.budget(**spec))
+        if options.get("progress", True):
+            print(f"neft select: {scorer}, budget {budgets[0].describe()}, pool "
+                  f"{scores.metadata['candidate_pool']:,} neurons", file=sys.stderr, flush=True)
+
+    scores = score_neurons(model, scorer, on_ready=check_budget, **options)
+    return scores.select(budgets[0], quota)
+
+
+def score_neurons(
+    model: nn.Module | str,
+    scorer: str = "cosine",
+    *,
+    reference: WeightSource | None = None,
+    data: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
+    tokenizer: Any = None,
+    task: str = "translation",
+    max_length: int = 128,
+    limit: int | None = None,
+    seed: int = 1234,
+    target_modules: Mapping[str, str] | None = None,
+    include_gate: bool = False,
+    steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    restore: bool = True,
+    progress: bool = True,
+    on_ready: Callable[[NeuronScores], None] | None = None,
+    scorer_options: Mapping[str, Any] | None = None,
+) -> NeuronScores:
+    """Score every candidate neuron of ``model`` with ``scorer``.
+
+    ``model``: a loaded model, or a name/path; from a path, ``cosine``, ``reversed`` (with
+    a reference), ``random`` and ``magnitude`` build the model without weights and read
+    them one matrix at a time, so a 7B model needs memory for about one layer.
+    ``reference``: the fine-tuned checkpoint (path or model) for ``cosine``/``reversed``.
+    ``data``: dataset path, records or tokenized examples for ``probe``, ``fast-probe``
+    and ``gradient`` (``task``, ``max_length``, ``limit`` as in neft.data); ``steps``,
+    ``learning_rate``, ``batch_size`` override those scorers' defaults. ``restore``: the
+    probes train the model in place; its weights are parked in a temporary file (not
+    memory) and put back unless False. ``on_ready`` is called with the (still empty)
+    result before scoring, e.g. to check a budget. ``scorer_options``: any of the
+    scorer's knobs (its registry defaults), e.g. {"steps": 40}; unknown names fail.
+    """
+    registered = get_scorer(scorer)
+    check_scorer_options(scorer, scorer_options)
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    needs_data = registered.wants_data(has_reference=reference is not None)
+    if data is not None and not needs_data:
+        raise NeftError(f"scorer {scorer!r} uses no data; drop data= (CLI --data), or use "
+                        "'fast-probe', 'probe' or 'gradient' to select from task data")
+    if needs_data and data is None:
+        raise NeftError(f"scorer {scorer!r} needs task data: pass data= (CLI --data PATH)")
+    model_name = model if isinstance(model, str) else (
+        getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    model, weights, tokenizer = open_model(model, tokenizer, needs_data)
+    groups = find_neuron_groups(model, target_modules, include_gate)
+    metadata: dict[str, Any] = {
+        "scorer": scorer, "seed": seed, "base_model": model_name,
+        "base_fingerprint": model_fingerprint(model), "model_parameters": count_parameters(model),
+        "candidate_pool": pool_size(groups), "include_gate": include_gate,
+        "target_modules": dict(target_modules) if target_modules else "preset"}
+    result = NeuronScores(groups, [], metadata, linear_shapes(model))
+    if on_ready is not None:
+        on_ready(result)
+
+    examples = None
+    if needs_data:
+        examples = prepare_examples(data, tokenizer, task, max_length, limit)
+        from ..core.loading import check_length
+
+        check_length(model, max((len(e["input_ids"]) for e in examples), default=0),
+                     f"the longest example (max_length {max_length})",
+                     "pass --max_length {room} or less")
+        metadata.update({
+            "data": str(data) if isinstance(data, str | os.PathLike) else "in memory",
+            "data_fingerprint": data_fingerprint(examples), "data_examples": len(examples),
+            "task": task, "max_length": max_length})
+    options = {k: v for k, v in {"steps": steps, "learning_rate": learning_rate,
+                                 "batch_size": batch_size, "restore": restore}.items()
+               if v is not None}
+    options.update(scorer_options or {})
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    result.scores, settings = registered.fn(ScoreInput(
+        model, groups, weights, seed, reference, examples, pad_id, options, progress))
+    metadata.update({
+        "scorer_settings": settings, **resource_usage(start),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "neft_version": __version__})
+    return result
+
+
+def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: bool = False,
+               ) -> tuple[nn.Module, WeightSource, Any]:
+    """(model, where its weights are read from, tokenizer). From a local safetensors
+    folder and no forward pass needed: a weightless (meta) model plus that folder."""
+    if isinstance(model, nn.Module):
+        return model, model, tokenizer
+    from ..core.loading import ensure_embedded_model, is_embedded, load_model
+
+    folder = ensure_embedded_model() if is_embedded(model) else os.path.expanduser(model)
+    if not needs_forward and os.path.isdir(folder) and any(
+            f.endswith(".safetensors") for f in os.listdir(folder)):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        try:  # the hub's model code never runs here (no flag to allow it in select)
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+                raise NeftError(f"model {model} needs its own Python code (auto_map) to load; "
+                                "neft select never runs such code") from exc
+            text = str(exc).strip()
+            raise NeftError(f"cannot read the model config in {model} "
+                            f"({text.splitlines()[0] if text else type(exc).__name__}); pass a "
+                            "folder written by save_pretrained") from exc
+        return skeleton, folder, tokenizer
+    loaded, loaded_tokenizer = load_model(model)
+    return loaded, loaded, tokenizer or loaded_tokenizer
+
+
+def data_fingerprint(examples: Sequence[Mapping[str, Any]]) -> str:
+    """Hash of the token ids and labels of the examples (what the scorer could see)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        for key in ("input_ids", "labels"):
+            digest.update(torch.as_tensor(example[key], dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resource_usage(start: float) -> dict[str, Any]:
+    """Wall time since ``start`` and peak memory: CUDA allocations where used, else the
+    process's peak RSS (ru_maxrss, KiB on Linux; it includes everything the process did)."""
+    usage: dict[str, Any] = {"wall_time_s": round(time.perf_counter() - start, 2)}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage["peak_rss_mb"] = round(peak_rss / (1024 * 1024 if sys.platform == "darwin" else 1024))
+    if torch.cuda.is_available():
+        usage["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return usage
+
+
