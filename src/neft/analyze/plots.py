@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .utilization import Utilization, layer_means
+from ..core import io
+from .sets import kind_of
+
+if TYPE_CHECKING:
+    from .utilization import Utilization
 
 
 def _pyplot() -> Any:
@@ -20,16 +24,7 @@ def _pyplot() -> Any:
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
     """Save to a temporary name beside ``path``, then rename: never a half-written PNG."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        _pyplot().close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    io.save_figure(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def plot_distribution(dist: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -118,3 +113,15 @@ def plot_utilization(util: Utilization, path: str | os.PathLike,
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def layer_means(util: Utilization) -> dict[str, dict[int, float]]:
+    """{kind: {layer: mean utilization}}: where the utilized neurons are."""
+    sums: dict[str, dict[int, list[float]]] = {}
+    for group, part in zip(util.groups, util.per_group(util.scores), strict=True):
+        entry = sums.setdefault(kind_of(group.module, group.axis), {}).setdefault(
+            group.layer, [0.0, 0])
+        entry[0] += float(part.sum())
+        entry[1] += part.numel()
+    return {kind: {layer: s / n for layer, (s, n) in sorted(per.items())}
+            for kind, per in sums.items()}

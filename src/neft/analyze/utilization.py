@@ -34,16 +34,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.neurons import NeuronGroup, NeuronSet, atomic_save_file
+from ..core.io import atomic_save_file, write_json
+from ..core.loading import EMBEDDED_NAMES, EMBEDDED_ORIGIN, check_length
+from ..core.model import read_adapter_config
+from ..core.neurons import PAPER_POOL, NeuronGroup, NeuronSet, find_neuron_groups
 from ..data.records import load_records
 from ..data.tokenize import DataCollator, build_dataset
 from ..errors import NeftError
+from ..evaluate.load import load_for_eval
 from ..select.weights import by_module, logical_matrices, neuron_vectors
-from .sets import kind_of
+from .plots import layer_means, plot_utilization
+from .sets import load_set
 
 # The paper: "strongly affected" = |rank change| > 100,000 of 704,512 Llama-2-7B neurons.
 PAPER_THRESHOLD = 100_000
-PAPER_POOL = 704_512
 
 Example = Mapping[str, Sequence[int]]
 
@@ -251,17 +255,6 @@ def compare(before: Utilization, after: Utilization, trained: NeuronSet | None =
     return result
 
 
-def layer_means(util: Utilization) -> dict[str, dict[int, float]]:
-    """{kind: {layer: mean utilization}}: where the utilized neurons are."""
-    sums: dict[str, dict[int, list[float]]] = {}
-    for group, part in zip(util.groups, util.per_group(util.scores), strict=True):
-        entry = sums.setdefault(kind_of(group.module, group.axis), {}).setdefault(
-            group.layer, [0.0, 0])
-        entry[0] += float(part.sum())
-        entry[1] += part.numel()
-    return {kind: {layer: s / n for layer, (s, n) in sorted(per.items())}
-            for kind, per in sums.items()}
-
 
 def format_utilization(util: Utilization, other: Utilization | None = None,
                        comparison: Mapping[str, Any] | None = None) -> str:
@@ -337,8 +330,6 @@ class UtilizationResult:
     def save(self, output_dir: str | os.PathLike) -> list[str]:
         """utilization.json (summary), utilization.safetensors (every neuron's score, rank,
         best state and, with a reference, its rank change) and utilization.png."""
-        from ..core.io import write_json
-        from .plots import plot_utilization
 
         output_dir = os.fspath(output_dir)
         paths = [os.path.join(output_dir, f"utilization.{ext}")
@@ -360,10 +351,8 @@ class UtilizationResult:
 
 def _base_of(adapter: str) -> str:
     """The base model an adapter folder recorded (as `neft eval` resolves it)."""
-    from ..core.loading import EMBEDDED_NAMES, EMBEDDED_ORIGIN
-    from ..evaluate.load import _read_adapter_config
-
-    base = _read_adapter_config(os.path.expanduser(adapter)).get("base_model_name_or_path")
+    saved = read_adapter_config(os.path.expanduser(adapter), peft=True)
+    base = saved.get("base_model_name_or_path")
     return EMBEDDED_NAMES[0] if not base or base == EMBEDDED_ORIGIN else base
 
 
@@ -403,9 +392,6 @@ def analyze_utilization(
     tokenizer: the second is a fine-tuned copy). ``neurons`` (a NeuronSet file) says which
     neurons were trained, for "indirectly affected"; a neft adapter tells it by itself.
     """
-    from ..core.neurons import find_neuron_groups
-    from ..evaluate.load import load_for_eval
-    from .sets import load_set
 
     if adapter and reference:
         raise NeftError("give either --adapter (compare the model with model + adapter) or "
@@ -431,7 +417,6 @@ def analyze_utilization(
                         "pass the base model with --model") from exc
     examples = evaluation_examples(data, tokenizer, task, split, max_samples, max_length,
                                    template, source_lang, target_lang)
-    from ..core.loading import check_length
 
     check_length(loaded, max((len(e["input_ids"]) for e in examples), default=0),
                  f"the longest example (max_length {max_length})",

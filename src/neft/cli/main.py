@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import logging
 import re
 import signal
 import sys
@@ -34,6 +35,29 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Console(logging.Handler):
+    """The library reports through logging; the command prints: INFO lines (what a run
+    did) to stdout, warnings to stderr, as plain lines. The stream is looked up at each
+    line, so a redirected sys.stdout (pytest's capsys, a notebook) is honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler does
+            self.handleError(record)
+
+
+def configure_logging() -> None:
+    """neft's loggers print their lines under the CLI (once per process)."""
+    logger = logging.getLogger("neft")
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        logger.addHandler(_Console())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         _unrecognized(parser, args, extras)
     name = f"neft {args.command}"
+    configure_logging()
     try:
         with _sigterm_as_interrupt():
             return int(args.func(args) or 0)

@@ -19,7 +19,16 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
 from ..errors import NeftError
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def write_json(path: str, data: Any, *, allow_nan: bool = False) -> None:
@@ -47,6 +56,49 @@ def atomic_text(path: str | os.PathLike) -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside ``path`` (ending in ``suffix``, for writers that go by the
+    extension) for any writer; on success it is published onto ``path`` (umask, rename),
+    on any failure removed. The one way neft writes a file that others may read."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}{suffix}"
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110, **savefig: Any) -> None:
+    """A matplotlib figure as a PNG, atomically (never a half-written file); closed after."""
+    import matplotlib.pyplot as plt  # matplotlib is slow to import: only when plotting
+
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, **savefig)
+    finally:
+        plt.close(fig)
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """safetensors.save_file to a temporary name in the same folder, then rename."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise NeftError(f"{path} is a folder; give a file name such as "
+                        f"{os.path.join(path, 'neurons.safetensors')}")
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)  # made 0600; publish applies the umask
+    except SafetensorError as exc:  # e.g. an unwritable folder or a full disk
+        raise NeftError(f"cannot write {path} ({str(exc).strip().splitlines()[0]}); check "
+                        "that its folder is writable and has space") from exc
+
 
 
 def publish(tmp: str, path: str) -> None:

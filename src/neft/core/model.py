@@ -22,7 +22,9 @@ from torch import nn
 
 from .. import __version__
 from ..errors import NeftError
+from .io import atomic_text
 from .layers import NeuronDeltaLayer, NeuronMaskLayer
+from .loading import recorded_name
 from .neurons import (
     AXES,
     NeuronSet,
@@ -343,14 +345,11 @@ class NeftModel(nn.Module):
             config["base_model_name_or_path"] = getattr(
                 getattr(self.base_model, "config", None), "_name_or_path", None)
         if config["base_model_name_or_path"]:
-            from .loading import recorded_name
 
             config["base_model_name_or_path"] = recorded_name(config["base_model_name_or_path"])
         path = os.path.join(save_directory, CONFIG_NAME)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as handle:
+        with atomic_text(path) as handle:
             json.dump(config, handle, indent=2, default=str)
-        os.replace(tmp, path)
 
     def load_adapter_weights(self, adapter_dir: str | os.PathLike) -> None:
         """Set the deltas from a saved adapter with the same neurons (e.g. a checkpoint).
@@ -395,21 +394,7 @@ class NeftModel(nn.Module):
 
     @staticmethod
     def read_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-        config_path = os.path.join(adapter_dir, CONFIG_NAME)
-        if not os.path.isdir(adapter_dir):
-            raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir "
-                            "of `neft train`")
-        if not os.path.isfile(config_path):
-            raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}; is it a neft adapter folder "
-                            "(written by save_pretrained or `neft train`)?")
-        try:
-            with open(config_path) as handle:
-                config = json.load(handle)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NeftError(f"{config_path} is not valid JSON ({exc}); the adapter is damaged: "
-                            "save it again or use a checkpoint") from None
-        if not isinstance(config, dict):
-            raise NeftError(f"{config_path} must hold a JSON object; the adapter is damaged")
+        config = read_adapter_config(adapter_dir)
         kind = str(config.get("peft_type", "NEFT")).upper()
         if kind != "NEFT":
             raise NeftError(f"{adapter_dir} is a {kind} adapter, not a neft one: load it with "
@@ -459,3 +444,27 @@ class NeftModel(nn.Module):
 def get_neft_model(model: nn.Module, config: NeftConfig) -> NeftModel:
     """Wrap the selected neurons' layers of ``model``; freeze everything else."""
     return NeftModel(model, config)
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike, peft: bool = False) -> dict[str, Any]:
+    """The adapter_config.json of a neft adapter folder, or with ``peft`` of any PEFT one
+    (the one reader of it: NeftModel, evaluation and analysis use it)."""
+    config_path = os.path.join(adapter_dir, CONFIG_NAME)
+    if not os.path.isdir(adapter_dir):
+        raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir of "
+                        f"`neft train`{' (or a PEFT adapter folder)' if peft else ''}")
+    if not os.path.isfile(config_path):
+        if peft:
+            raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}: pass a neft or PEFT adapter "
+                            "folder, or give a full/merged model folder as --model")
+        raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}; is it a neft adapter folder "
+                        "(written by save_pretrained or `neft train`)?")
+    try:
+        with open(config_path) as handle:
+            config = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NeftError(f"{config_path} is not valid JSON ({exc}); the adapter is damaged: "
+                        "save it again or use a checkpoint") from None
+    if not isinstance(config, dict):
+        raise NeftError(f"{config_path} must hold a JSON object; the adapter is damaged")
+    return config

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import safe_open
 from torch import nn
 
 from ..errors import NeftError
-from .io import publish
+from .io import atomic_save_file
 
 AXES = ("rows", "cols")
+# Llama-2-7B's candidate neurons (32 layers x 11,008 up rows and down columns x 2): the
+# paper's pool, which its budgets and thresholds are counted in.
+PAPER_POOL = 704_512
 NEURONSET_FORMAT = "neft.neuronset"
 
 
@@ -461,26 +463,6 @@ def pickled_file_kind(path: str | os.PathLike) -> str | None:
     if head[:4] == b"PK\x03\x04":
         return "a torch.save (zip + pickle) file"
     return None
-
-
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                     metadata: dict[str, str] | None = None) -> None:
-    """safetensors.save_file to a temporary name in the same folder, then rename."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise NeftError(f"{path} is a folder; give a file name such as "
-                        f"{os.path.join(path, 'neurons.safetensors')}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        publish(tmp, path)  # safetensors creates it 0600
-    except SafetensorError as exc:  # e.g. an unwritable folder or a full disk
-        raise NeftError(f"cannot write {path} ({str(exc).strip().splitlines()[0]}); check "
-                        "that its folder is writable and has space") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def neuron_set_from_groups(groups: list[NeuronGroup], chosen: Mapping[int, torch.Tensor],

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..core import loading
 from ..core.io import atomic_text
 from ..errors import NeftError
 
@@ -152,10 +153,9 @@ def _read_hub(name: str, split: str | None) -> Iterator[tuple[str, Any]]:
     if split is None:
         raise NeftError(f"{name!r} is not a local file, so it is read as a Hugging Face dataset, "
                         "which needs a split: pass split='train' (--split train)")
-    from ..core.loading import hub_reachable
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not offline and not hub_reachable():  # else a minute of retries, then this
+    if not offline and not loading.hub_reachable():  # else a minute of retries, then this
         raise NeftError(f"{name!r} is not a local file or folder, and the Hugging Face Hub "
                         "cannot be reached to load it as a dataset: check the path (a local "
                         f"one needs a form like ./{name} or {name}.jsonl)")

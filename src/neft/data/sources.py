@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..errors import NeftError
+from .records import load_records
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,6 @@ def load_drift_sets(spec: str | Sequence[str] | None) -> dict[str, list[str]]:
     """{set name: texts} for drift. None: this machine's sets, harvested now (a second or
     two). Else JSONL files (`neft data general` writes them) or folders of them, given as
     a list or comma-separated; a set is named by its file name."""
-    from .records import load_records
 
     if spec is None:
         return {kind: [r["text"] for r in harvest_general_text(kind)] for kind in GENERAL_SETS}

@@ -3,7 +3,6 @@ or PEFT adapter folder (merged into the weights)."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -16,26 +15,11 @@ from ..core.loading import (
     load_adapter_base,
     load_model,
 )
+from ..core.model import CONFIG_NAME as ADAPTER_CONFIG
+from ..core.model import NeftModel, read_adapter_config
 from ..errors import NeftError
 
-ADAPTER_CONFIG = "adapter_config.json"
-
 # ----------------------------------------------------------------------------- models
-
-
-def _read_adapter_config(adapter_dir: str) -> dict[str, Any]:
-    path = os.path.join(adapter_dir, ADAPTER_CONFIG)
-    if not os.path.isdir(adapter_dir):
-        raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir of "
-                        "`neft train` (or a PEFT adapter folder)")
-    if not os.path.isfile(path):
-        raise NeftError(f"{adapter_dir} has no {ADAPTER_CONFIG}: pass a neft or PEFT adapter "
-                        "folder, or give a full/merged model folder as --model")
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise NeftError(f"{path} is not valid JSON ({exc.msg}); re-save the adapter") from None
 
 
 def _is_adapter_only(path: str) -> bool:
@@ -59,7 +43,7 @@ def load_for_eval(
     """
     if model and adapter is None and _is_adapter_only(os.path.expanduser(model)):
         model, adapter = None, model
-    saved = _read_adapter_config(os.path.expanduser(adapter)) if adapter else {}
+    saved = read_adapter_config(os.path.expanduser(adapter), peft=True) if adapter else {}
     base = model or saved.get("base_model_name_or_path") or EMBEDDED_NAMES[0]
     if base == EMBEDDED_ORIGIN:
         base = EMBEDDED_NAMES[0]
@@ -72,7 +56,6 @@ def load_for_eval(
     if adapter:
         kind = str(saved.get("peft_type", "")).upper()
         if kind == "NEFT":
-            from ..core.model import NeftModel
 
             loaded = NeftModel.from_pretrained(loaded, os.path.expanduser(adapter))
             loaded = loaded.merge_and_unload()

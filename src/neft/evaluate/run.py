@@ -21,8 +21,8 @@ from ..core.io import check_output_file, write_json
 from ..core.loading import (
     load_model,
 )
-from ..data.prompts import render_example, resolve_template
-from ..data.records import load_records
+from ..data.prompts import TEMPLATES, language_name, render_example, resolve_template
+from ..data.records import TASKS, load_records
 from ..data.sources import fingerprint, load_drift_sets
 from ..errors import NeftError
 from .generation import _generate
@@ -199,8 +199,6 @@ class EvalConfig:
             raise NeftError("no test data: pass --data (a JSONL file, or a folder with "
                             "test.jsonl); `neft data gettext` makes one")
         # Checked here so that bad values fail before minutes of loading and generating.
-        from ..data.prompts import TEMPLATES, language_name
-        from ..data.records import TASKS
 
         for name, allowed in (("task", TASKS), ("template", TEMPLATES)):
             if getattr(self, name) not in allowed:

@@ -41,26 +41,29 @@ import torch
 from torch import nn
 
 from ..config import option
-from ..core.io import atomic_text, check_output_files, check_output_folder
+from ..core.io import atomic_text, check_output_files, check_output_folder, save_figure
+from ..core.loading import ensure_embedded_model, is_embedded, load_model
 from ..core.neurons import (
+    PAPER_POOL,
     count_parameters,
     find_neuron_groups,
     neuron_set_from_groups,
     pool_size,
 )
 from ..errors import NeftError
+from ..select import ScoreInput, get_scorer
+from ..select.budget import choose, linear_shapes, lora_parameters
 from ..train import METHODS, MethodSpec, get_method
 
 NEFT_MODES = ("neft", "neft-separate", "neft-mask")
 # floor, the neft variants, then every method of neft.train's registry (random is neft's
 # speed: which neurons does not matter here).
-MODES = ("floor", *NEFT_MODES, *(m for m in METHODS if m not in ("neft", "random")))
+BENCH_MODES = ("floor", *NEFT_MODES, *(m for m in METHODS if m not in ("neft", "random")))
 DEFAULT_MODES = ("floor", "neft", "neft-mask", "lora", "ft-inout", "full")
 BUDGET_MODES = (*NEFT_MODES, *(m for m, method in METHODS.items()
                                if method.budget in ("lora_rank", "parameters")))
 LORA_RANK_MODES = tuple(m for m, method in METHODS.items() if method.budget == "lora_rank")
 # The paper's budgets on Llama-2-7B: percent of all parameters -> neurons of 704,512.
-PAPER_POOL = 704_512
 PAPER_BUDGETS = {"0.4": 6_250, "1.5": 25_000, "3": 50_000, "6": 100_000, "9": 150_000,
                  "12": 200_000}
 # Random-initialised shapes: timing and memory do not depend on the weights, so these
@@ -103,7 +106,7 @@ class BenchConfig:
     max_length: int = option("tokens per sequence", 128)
     warmup_steps: int = option("steps run first and discarded", 2)
     steps: int = option("timed steps; the median is reported", 5)
-    modes: str = option(f"comma-separated, of {', '.join(MODES)}", ",".join(DEFAULT_MODES))
+    modes: str = option(f"comma-separated, of {', '.join(BENCH_MODES)}", ",".join(DEFAULT_MODES))
     budgets: str = option("budgets of the main table: lora-rR, paper-P (P of "
                           f"{', '.join(PAPER_BUDGETS)}) or a neuron count", "lora-r8,paper-6")
     sweep: str = option("budgets of the plot (empty: no sweep)",
@@ -122,9 +125,9 @@ class BenchConfig:
                                      "reported as skipped, and none runs past it")
 
     def __post_init__(self) -> None:
-        unknown = [m for m in _split(self.modes) if m not in MODES]
+        unknown = [m for m in _split(self.modes) if m not in BENCH_MODES]
         if unknown:
-            raise NeftError(f"unknown mode {unknown[0]!r}; use some of {', '.join(MODES)}")
+            raise NeftError(f"unknown mode {unknown[0]!r}; use some of {', '.join(BENCH_MODES)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise NeftError(f"dtype={self.dtype!r}: use float32, bfloat16 or float16")
         if self.steps < 1 or self.warmup_steps < 0:
@@ -158,7 +161,6 @@ def model_config(name: str) -> Any:
 
     if name in SHAPES:
         return LlamaConfig(**SHAPES[name])
-    from ..core.loading import ensure_embedded_model, is_embedded
 
     return AutoConfig.from_pretrained(ensure_embedded_model() if is_embedded(name) else name)
 
@@ -172,7 +174,6 @@ def build_model(name: str, dtype: torch.dtype, device: str) -> nn.Module:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(model_config(name), dtype=dtype)
     else:
-        from ..core.loading import load_model
 
         model, _ = load_model(name, dtype=dtype)
         model.to(device)
@@ -181,7 +182,6 @@ def build_model(name: str, dtype: torch.dtype, device: str) -> nn.Module:
 
 def lora_rank_parameters(model: nn.Module) -> int:
     """Parameters of LoRA rank 1 on every linear layer but lm_head."""
-    from ..select.budget import linear_shapes, lora_parameters
 
     return lora_parameters(linear_shapes(model), 1)
 
@@ -206,15 +206,11 @@ def resolve(budget: str, model: nn.Module) -> tuple[int, int]:
 
 
 def random_neurons(model: nn.Module, count: int, seed: int) -> Any:
-    """``count`` neurons drawn uniformly from the whole candidate pool (seeded)."""
+    """``count`` neurons drawn uniformly from the whole candidate pool (seeded): select's
+    random scorer and its top-``count`` choice, without fingerprinting the model."""
     groups = find_neuron_groups(model)
-    generator = torch.Generator().manual_seed(seed)
-    picked = torch.randperm(pool_size(groups), generator=generator)[:count]
-    bounds = torch.tensor([g.count for g in groups]).cumsum(0)
-    owner = torch.bucketize(picked, bounds, right=True)
-    starts = bounds - torch.tensor([g.count for g in groups])
-    chosen = {i: torch.sort(picked[owner == i] - starts[i]).values
-              for i in range(len(groups)) if bool((owner == i).any())}
+    scores, _ = get_scorer("random").fn(ScoreInput(model, groups, model, seed))
+    chosen = choose(groups, scores, count, None)
     return neuron_set_from_groups(groups, chosen, {"scorer": "random", "seed": seed})
 
 
@@ -530,7 +526,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def _rows(runs: list[dict[str, Any]], budgets: list[str | None]) -> Iterator[dict[str, Any]]:
     """Runs grouped by budget (budget-free modes right after the first budget's)."""
-    order = {m: i for i, m in enumerate(MODES)}
+    order = {m: i for i, m in enumerate(BENCH_MODES)}
     rank = {b: 2 * i for i, b in enumerate(b for b in budgets if b is not None)}
     rank[None] = 1
     chosen = [r for r in runs if r["budget"] in budgets]
@@ -634,10 +630,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig.suptitle(f"{config['model']} on {config['device']} ({config['dtype']}), batch "
                  f"{config['per_device_train_batch_size']} x {config['max_length']}")
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110, format="png")
 
 
 NOTES_MARKER = "<!-- notes: everything below this line is kept when the file is rewritten -->"

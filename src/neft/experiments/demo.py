@@ -18,9 +18,10 @@ from ..analyze.plots import save_figure
 from ..config import from_dict
 from ..core.io import atomic_text, check_output_files, check_output_folder, write_json
 from ..core.loading import load_model
-from ..data.records import write_jsonl
+from ..data.records import load_records, write_jsonl
 from ..data.sources import harvest_gettext
 from ..errors import NeftError
+from ..evaluate import evaluate_model, load_for_eval
 from ..train import TrainConfig, train
 
 
@@ -69,8 +70,6 @@ def train_method(config: DemoConfig, data: str, method: str, **options: Any) -> 
 
 
 def evaluate_all(config: DemoConfig, data: str) -> dict[str, dict[str, Any]]:
-    from ..data.records import load_records
-    from ..evaluate import evaluate_model, load_for_eval
 
     records = load_records(os.path.join(data, "test.jsonl"), limit=config.test_examples,
                            task="translation")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..core.loading import check_length, ensure_embedded_model, is_embedded, load_model
 from ..core.neurons import (
     NeuronGroup,
     NeuronSet,
@@ -26,6 +26,7 @@ from ..core.neurons import (
     neuron_set_from_groups,
     pool_size,
 )
+from ..core.resources import peak_cuda_mb, peak_rss_mb
 from ..errors import NeftError
 from . import datadriven as _datadriven  # noqa: F401 - registers probe, fast-probe, gradient
 from . import scorers as _scorers  # noqa: F401 - registers cosine, random, magnitude
@@ -164,7 +165,6 @@ def score_neurons(
     examples = None
     if needs_data:
         examples = prepare_examples(data, tokenizer, task, max_length, limit)
-        from ..core.loading import check_length
 
         check_length(model, max((len(e["input_ids"]) for e in examples), default=0),
                      f"the longest example (max_length {max_length})",
@@ -193,7 +193,6 @@ def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: boo
     folder and no forward pass needed: a weightless (meta) model plus that folder."""
     if isinstance(model, nn.Module):
         return model, model, tokenizer
-    from ..core.loading import ensure_embedded_model, is_embedded, load_model
 
     folder = ensure_embedded_model() if is_embedded(model) else os.path.expanduser(model)
     if not needs_forward and os.path.isdir(folder) and any(
@@ -229,11 +228,11 @@ def data_fingerprint(examples: Sequence[Mapping[str, Any]]) -> str:
 def resource_usage(start: float) -> dict[str, Any]:
     """Wall time since ``start`` and peak memory: CUDA allocations where used, else the
     process's peak RSS (ru_maxrss, KiB on Linux; it includes everything the process did)."""
-    usage: dict[str, Any] = {"wall_time_s": round(time.perf_counter() - start, 2)}
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    usage["peak_rss_mb"] = round(peak_rss / (1024 * 1024 if sys.platform == "darwin" else 1024))
-    if torch.cuda.is_available():
-        usage["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    usage: dict[str, Any] = {"wall_time_s": round(time.perf_counter() - start, 2),
+                             "peak_rss_mb": round(peak_rss_mb())}
+    cuda = peak_cuda_mb()
+    if cuda is not None:
+        usage["peak_cuda_mb"] = round(cuda)
     return usage
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from ..config import option
 from ..core.model import MODES
+from ..data.prompts import TEMPLATES, language_name
+from ..data.records import TASKS
 from ..errors import NeftError
 from ..select import SCORERS
 from ..select.registry import check_scorer_options
@@ -99,8 +101,6 @@ class TrainConfig:
         folder is made (Trainer and torch would fail later, with a traceback)."""
         from transformers import SchedulerType
 
-        from ..data.prompts import TEMPLATES, language_name
-        from ..data.records import TASKS
         choices = {"task": TASKS, "template": TEMPLATES, "neft_mode": MODES,
                    "scorer": tuple(SCORERS),
                    "lr_scheduler_type": tuple(t.value for t in SchedulerType)}

@@ -13,26 +13,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 from transformers import TrainerCallback, set_seed
 
 from ..core.io import apply_umask, check_output_folder, folder_lock, is_lock_file, write_json
 from ..core.loading import check_length, load_model
 from ..core.neurons import count_parameters
+from ..core.resources import peak_memory_mb
 from ..data.records import FILE_FORMATS, load_records
 from ..data.tokenize import DataCollator, build_dataset, format_length_stats, length_stats
 from ..errors import NeftError
 from .methods import get_method, prepare_model, trainable_parameters
 from .options import TrainConfig, fsdp_option
 from .trainer import NeftTrainer, StopOnSignal, plot_losses, training_arguments
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "neft_run.json"
 LOG_FILE = "training_log.json"
@@ -148,10 +150,9 @@ def _finished_run(config: TrainConfig, previous: dict[str, Any]) -> dict[str, An
     step = result.get("global_step")
     if not isinstance(step, int) or step < config.max_steps:
         return None
-    print(f"neft train: the run in {config.output_dir} is finished (step {step} of "
-          f"max_steps {config.max_steps}); nothing to resume, no file changed (pass a larger "
-          "--max_steps to train on, or --overwrite to start again)", file=sys.stderr,
-          flush=True)
+    logger.warning(f"neft train: the run in {config.output_dir} is finished (step {step} of "
+                   f"max_steps {config.max_steps}); nothing to resume, no file changed (pass "
+                   "a larger --max_steps to train on, or --overwrite to start again)")
     return result
 
 
@@ -167,8 +168,8 @@ def last_checkpoint(output_dir: str) -> str | None:
         if os.path.isfile(os.path.join(folder, "trainer_state.json")):
             return folder
         if _is_main_process():
-            print(f"neft train: {folder} is incomplete (killed while saving); removing it",
-                  file=sys.stderr, flush=True)
+            logger.warning(f"neft train: {folder} is incomplete (killed while saving); "
+                           "removing it")
             shutil.rmtree(folder)
     return None
 
@@ -217,8 +218,8 @@ def _eval_source(config: TrainConfig) -> str | None:
         return None
     if any(os.path.isfile(os.path.join(folder, config.eval_split + ext)) for ext in FILE_FORMATS):
         return config.train_file
-    print(f"neft train: {config.train_file} has no {config.eval_split} split; training without "
-          "evaluation (pass --eval_file to evaluate)", file=sys.stderr, flush=True)
+    logger.warning(f"neft train: {config.train_file} has no {config.eval_split} split; "
+                   "training without evaluation (pass --eval_file to evaluate)")
     return None
 
 
@@ -276,11 +277,11 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
     with _whole_model_loading():
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
         train_data = _build(config, train_records, tokenizer)
-        print("train data: " + format_length_stats(length_stats(train_data)), flush=True)
+        logger.info("train data: " + format_length_stats(length_stats(train_data)))
         eval_data = None
         if eval_records is not None:
             eval_data = _build(config, eval_records, tokenizer)
-            print("dev data: " + format_length_stats(length_stats(eval_data)), flush=True)
+            logger.info("dev data: " + format_length_stats(length_stats(eval_data)))
         for name, data in (("training", train_data), ("dev", eval_data)):
             if data is not None:
                 longest = max((len(e["input_ids"]) for e in data.examples), default=0)
@@ -289,8 +290,8 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
         total_params = count_parameters(model)
         model = prepare_model(model, config, train_data)
     trainable = trainable_parameters(model)
-    print(f"method {config.method}: {trainable:,} trainable parameters "
-          f"({100 * trainable / total_params:.3f}% of {total_params:,})", flush=True)
+    logger.info(f"method {config.method}: {trainable:,} trainable parameters "
+                f"({100 * trainable / total_params:.3f}% of {total_params:,})")
 
     fresh = False
     if _is_main_process():
@@ -298,8 +299,8 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
         write_json(os.path.join(config.output_dir, RUN_FILE), _run_record(config, fingerprint))
     checkpoint = last_checkpoint(config.output_dir) if resume else None
     if config.resume and checkpoint is None:
-        print(f"neft train: no complete checkpoint in {config.output_dir}; starting at step 0",
-              file=sys.stderr, flush=True)
+        logger.warning(f"neft train: no complete checkpoint in {config.output_dir}; "
+                       "starting at step 0")
     stopper = StopOnSignal()
     try:
         trainer = NeftTrainer(model=model, args=args, train_dataset=train_data,
@@ -312,9 +313,8 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
             raise NeftError("neft_mode mask does not work on sharded weights; use neft_mode "
                             "compact with FSDP or DeepSpeed")
         if fsdp_option(config.fsdp) and not trainer.is_fsdp_enabled:
-            print("neft train: FSDP is not active (accelerate shards on GPUs and other "
-                  "accelerators only; CPU processes train with DDP)", file=sys.stderr,
-                  flush=True)
+            logger.warning("neft train: FSDP is not active (accelerate shards on GPUs and "
+                           "other accelerators only; CPU processes train with DDP)")
         result = trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException:
         if fresh:
@@ -350,9 +350,9 @@ def _train(config: TrainConfig, callbacks: Sequence[TrainerCallback]) -> dict[st
                    {**_run_record(config, fingerprint), "result": summary}, allow_nan=True)
         apply_umask(config.output_dir)  # Trainer's safetensors are written 0600
     if interrupted:
-        print(f"neft train: stopped at step {trainer.state.global_step}; its checkpoint is in "
-              f"{config.output_dir}: rerun with --resume (same options) to continue",
-              file=sys.stderr, flush=True)
+        logger.warning(f"neft train: stopped at step {trainer.state.global_step}; its "
+                       f"checkpoint is in {config.output_dir}: rerun with --resume (same "
+                       "options) to continue")
     return summary
 
 
@@ -372,13 +372,3 @@ def _whole_model_loading() -> Iterator[None]:
         yield
     finally:
         deepspeed._hf_deepspeed_config_weak_ref = saved
-
-
-def peak_memory_mb() -> float:
-    """Peak RSS of this process (CPU) or peak allocated CUDA memory, in MB."""
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..core.io import save_figure
 from ..core.model import NeftModel
 from ..errors import NeftError
 from .options import TrainConfig, fsdp_option
@@ -176,7 +177,4 @@ def plot_losses(log_history: list[dict[str, Any]], path: str, title: str) -> Non
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)

@@ -7,12 +7,12 @@ import dataclasses
 
 from ...config import _base_type, add_dataclass_arguments, build_config
 from ...errors import NeftError
+from ...experiments.compare import CompareConfig, build_plan, run_compare
 
 
 def _flag_fields() -> type:
     """CompareConfig's scalar options as a dataclass: the lists and mappings (methods,
     train, eval, lr_sweep, seeds) are YAML only."""
-    from ...experiments.compare import CompareConfig
 
     fields = [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
               for f in dataclasses.fields(CompareConfig)
@@ -36,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...experiments.compare import CompareConfig, build_plan, run_compare
 
     if not args.config:
         raise NeftError("neft compare needs --config compare.yaml (the grid: data, seeds, "

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ...core.io import write_json
+from ...core.io import read_json, write_json
 from ...evaluate.likelihood import drift, target_loss
 
 POINTS_FILE = "points.json"
@@ -52,7 +52,6 @@ class FrontMeasure:
 
 
 def read_points(folder: str) -> list[dict[str, Any]]:
-    from .worker import read_json
 
     path = os.path.join(folder, POINTS_FILE)
     return read_json(path) if os.path.isfile(path) else []

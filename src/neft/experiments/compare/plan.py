@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import from_dict, option
+from ...data.sources import fingerprint, load_drift_sets
 from ...errors import NeftError
+from ...evaluate.metrics import parse_metrics
 from ...train import METHODS, TrainConfig
 
 # TrainConfig options that compare sets itself, with where the user gives them instead.
@@ -43,7 +45,7 @@ CELL_EXTRA_KEYS = ("name", "seeds", "own_sweep", "learning_rates")
 # Options that change no result: left out of a run's spec.
 NOT_IN_SPEC = ("output_dir", "resume", "overwrite", "logging_steps", "report_to",
                "save_total_limit")
-DEFAULT_METRICS = {"translation": "bleu,chrf", "summarization": "rouge"}
+TASK_METRICS = {"translation": "bleu,chrf", "summarization": "rouge"}
 
 
 @dataclass
@@ -280,7 +282,7 @@ def build_plan(config: CompareConfig) -> Plan:
         raise NeftError("train: method is given per cell, in the methods: list")
     eval_options = _check_mapping(config.eval, "eval")
     _check_keys(eval_options, EVAL_KEYS, "eval")
-    eval_options = {"metrics": DEFAULT_METRICS.get(config.task), **eval_options}
+    eval_options = {"metrics": TASK_METRICS.get(config.task), **eval_options}
     if eval_options.get("comet_model"):
         eval_options["comet_model"] = _abs_if_local(str(eval_options["comet_model"]))
     sweep = _check_mapping(config.lr_sweep, "lr_sweep")
@@ -473,7 +475,6 @@ def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | No
     if loss_samples is not None and (not isinstance(loss_samples, int) or loss_samples < 1):
         raise NeftError(f"front.loss_samples must be a positive whole number, not "
                         f"{loss_samples!r}")
-    from ...data.sources import fingerprint, load_drift_sets
 
     drift_data = front.get("drift_data")
     if isinstance(drift_data, list):
@@ -503,7 +504,6 @@ def _reference(config: CompareConfig, cells: list[Cell], front: dict[str, Any] |
 
 def score_names(metrics: str | None) -> list[str]:
     """Score keys that `neft eval` reports for a metrics string."""
-    from ...evaluate.metrics import parse_metrics
 
     names = []
     for metric in parse_metrics(metrics):

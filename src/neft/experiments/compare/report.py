@@ -15,14 +15,15 @@ import statistics
 import sys
 from typing import Any
 
-from ...core.io import write_json
+from ...core.io import atomic_text, save_figure, write_json
+from ..bench import machine
 from .plan import Plan
 from .results import current
 from .verdicts import RESAMPLES, verdicts
 
 MARKDOWN_FILE = "compare.md"
 JSON_FILE = "compare.json"
-PLOT_FILE = "compare.png"
+REPORT_PLOT_FILE = "compare.png"
 NAMES = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
          "rougeL": "ROUGE-L", "placeholder_survival": "placeholders %", "comet": "COMET"}
 MARKERS = {"neft": "o", "lora": "s", "random": "v", "full": "*", "ft-inout": "D"}
@@ -183,7 +184,6 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
 def provenance() -> dict[str, Any]:
     """When, by which command and on what machine the table was written (its runs may be
     older: each run's own time is in its result.json)."""
-    from ..bench import machine
 
     return {"written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["neft", *sys.argv[1:]]), "machine": machine()}
@@ -241,7 +241,7 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
             losses = " · ".join(f"{lr}: {loss:.4f}" if loss is not None else f"{lr}: diverged"
                                 for lr, loss in sweep["dev_loss"].items())
             lines.append(f"| {owner} | {users} | {losses} | {format_lr(sweep['chosen'])} |")
-    lines += ["", f"![quality against trainable parameters]({PLOT_FILE})", ""]
+    lines += ["", f"![quality against trainable parameters]({REPORT_PLOT_FILE})", ""]
     return "\n".join(lines)
 
 
@@ -282,10 +282,7 @@ def plot(plan: Plan, data: dict[str, Any], path: str) -> None:
     fig.suptitle(f"{plan.config.task}: {os.path.basename(str(plan.config.data).rstrip('/'))} "
                  "(error bars: std over seeds)", fontsize=10)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def write_report(plan: Plan) -> str:
@@ -299,17 +296,15 @@ def write_report(plan: Plan) -> str:
     if fronts is not None:
         text += "\n".join(front_markdown(plan, fronts)) + "\n"
     path = os.path.join(output_dir, MARKDOWN_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_text(path) as handle:
         handle.write(text)
-    os.replace(tmp, path)
     write_json(os.path.join(output_dir, JSON_FILE), {
         "created": made["written"], "command": made["command"], "machine": made["machine"],
         "config": dataclasses.asdict(plan.config), "metrics": plan.metrics,
         "cells": data["rows"], "base": data["base"], "lr_sweeps": data["sweeps"],
         "runs": data["runs"],
         **({"fronts": front_summary(fronts)} if fronts is not None else {})})
-    plot(plan, data, os.path.join(output_dir, PLOT_FILE))
+    plot(plan, data, os.path.join(output_dir, REPORT_PLOT_FILE))
     if fronts is not None:
         plot_fronts(plan, fronts, os.path.join(output_dir, FRONT_PLOT_FILE))
     return path
@@ -445,7 +440,4 @@ def plot_fronts(plan: Plan, result: dict[str, Any], path: str) -> None:
                  "(lines: fronts of the first seed; markers with bars: standard points, "
                  "std over seeds)", fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)

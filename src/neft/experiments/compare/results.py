@@ -6,8 +6,9 @@ import json
 import os
 from typing import Any
 
+from ...core.io import read_json
 from .plan import Plan, Run, canonical
-from .worker import RESULT_FILE, read_json
+from .worker import RESULT_FILE
 
 
 def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:

@@ -21,12 +21,14 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from ...core.io import folder_lock, write_json
+from ...config import from_dict, load_yaml
+from ...core.io import folder_lock, read_json, write_json
+from ...data.records import load_records
 from ...errors import NeftError
-from .plan import Plan, Run, build_plan, canonical, first_difference, selection_key
+from .plan import CompareConfig, Plan, Run, build_plan, canonical, first_difference, selection_key
 from .report import format_lr, write_report
 from .results import best_run, load_result
-from .worker import JOB_FILE, LOG_FILE, RESULT_FILE, read_json, run_job
+from .worker import JOB_FILE, RESULT_FILE, RUN_LOG_FILE, run_job
 
 LOCK_FILE = "compare.lock"
 PROGRESS_FILE = "compare.log"
@@ -50,7 +52,6 @@ def changed_runs(plan: Plan) -> list[tuple[Run, str]]:
 
 def check_data(plan: Plan) -> None:
     """Read a record of every split the grid needs, so a typo fails now, not in an hour."""
-    from ...data.records import load_records
 
     config = plan.config
     field_map = {name: standard for name, standard in ((config.source_field, "source"),
@@ -116,7 +117,7 @@ def launch(output_dir: str, run: Run, isolate: bool, lock_fd: int | None = None
             return False, f"{type(exc).__name__}: {exc}"
         return True, ""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "10"}
-    with open(os.path.join(folder, LOG_FILE), "a", encoding="utf-8") as log:
+    with open(os.path.join(folder, RUN_LOG_FILE), "a", encoding="utf-8") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start\n")
         log.flush()
         worker = [sys.executable, "-m", "neft.experiments.compare.worker", run.folder]
@@ -141,8 +142,8 @@ def launch(output_dir: str, run: Run, isolate: bool, lock_fd: int | None = None
         return True, ""
     if code in (130, -signal.SIGINT, -signal.SIGTERM):
         raise KeyboardInterrupt
-    return False, f"exit status {code}; last lines of {os.path.join(folder, LOG_FILE)}:\n" + \
-        "\n".join("    " + line for line in _tail(os.path.join(folder, LOG_FILE), 12))
+    return False, f"exit status {code}; last lines of {os.path.join(folder, RUN_LOG_FILE)}:\n" + \
+        "\n".join("    " + line for line in _tail(os.path.join(folder, RUN_LOG_FILE), 12))
 
 
 def _tail(path: str, lines: int) -> list[str]:
@@ -435,8 +436,6 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
 
 def compare(config_or_path: Any) -> dict[str, Any]:
     """Python entry: a CompareConfig, a dict of YAML keys, or a YAML path."""
-    from ...config import from_dict, load_yaml
-    from .plan import CompareConfig
 
     if isinstance(config_or_path, str | os.PathLike):
         config_or_path = load_yaml(config_or_path)

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ...core.io import read_json
+from ...evaluate.metrics import BOOTSTRAP_METRICS, paired_bootstrap
 from .front import read_points
 from .plan import Plan, middle
 from .results import best_run, current
-from .worker import EVAL_FILE, read_json
+from .worker import EVAL_FILE
 
 RESAMPLES = 1000
 SEED = 12345
@@ -230,7 +232,6 @@ class Fronts:
 
 def generation_verdicts(plan: Plan, reference: str, other: str) -> list[dict[str, Any]]:
     """(c): every bootstrappable score of the two cells' best-dev-loss runs."""
-    from ...evaluate.metrics import BOOTSTRAP_METRICS, paired_bootstrap
 
     results = {}
     for cell in (reference, other):

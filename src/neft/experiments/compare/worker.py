@@ -23,7 +23,11 @@ from typing import Any
 import torch
 
 from ...config import from_dict
-from ...core.io import write_json
+from ...core.io import read_json, write_json
+from ...core.loading import load_model
+from ...core.neurons import NeuronSet
+from ...data.records import load_records
+from ...data.sources import load_drift_sets
 from ...errors import NeftError
 from ...evaluate import EvalConfig, run_eval, target_loss
 from ...train import (
@@ -35,22 +39,17 @@ from ...train import (
     select_for_training,
     train,
 )
-from .front import POINTS_FILE, read_points
+from .front import POINTS_FILE, FrontMeasure, FrontPoints, read_points
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 EVAL_FILE = "eval.json"
-LOG_FILE = "log.txt"
+RUN_LOG_FILE = "log.txt"
 KEEP_AFTER_SWEEP = ("neft_run.json", "training_log.json", "loss_curve.png")
 
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped on a signal after saving a checkpoint; the run is unfinished."""
-
-
-def read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def finite(data: Any) -> Any:
@@ -69,7 +68,6 @@ def ensure_neurons(train_values: dict[str, Any], path: str) -> None:
     its training then use the very same NeuronSet, and the selection is paid once."""
     if os.path.isfile(path):
         return
-    from ...core.loading import load_model
 
     config = from_dict(TrainConfig, {**train_values, "neurons": None})
     model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
@@ -81,10 +79,6 @@ def ensure_neurons(train_values: dict[str, Any], path: str) -> None:
 def front_measure(job: dict[str, Any], model_name: str) -> Any:
     """What a front run measures at each point, loaded once: the base model (for drift and
     the tokenizer), the test records (all, or front.loss_samples) and the drift sets."""
-    from ...core.loading import load_model
-    from ...data.records import load_records
-    from ...data.sources import load_drift_sets
-    from .front import FrontMeasure
 
     front, values = job["front"], job["eval"]
     field_map = {name: standard for name, standard in ((values.get("source_field"), "source"),
@@ -165,14 +159,12 @@ def run_job(folder: str) -> dict[str, Any]:
     if train_values is not None and job["kind"] != "generate":
         callbacks = []
         if front is not None:
-            from .front import FrontPoints
 
             callbacks.append(FrontPoints(folder, front_measure(job, train_values["model"]),
                                          front["steps"]))
         if job.get("neurons"):
             ensure_neurons(train_values, job["neurons"])
             train_values = {**train_values, "neurons": job["neurons"]}
-            from ...core.neurons import NeuronSet
 
             metadata = NeuronSet.load(job["neurons"]).metadata
             result["selection_seconds"] = metadata.get("wall_time_s")
