@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/neft demo
+	# make demo reruns the showcase: it replaces its own earlier report in outputs/demo
+	$(BIN)/neft demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
