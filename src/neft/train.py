@@ -2,7 +2,9 @@
 
 Methods: ``neft`` (neurons from a NeuronSet file, or selected on the fly), ``random``
 (random neurons at the same budget, the control), ``lora`` (peft), ``full``,
-``ft-inout`` (every MLP in-row and out-column: all up/down weights). Trainer brings
+``ft-inout`` (every MLP in-row and out-column: all up/down weights), and PEFT's peers
+at the neft budget's parameter count (``lora-mlp``, ``shira``, ``supertuning`` and their
+MLP-only forms: neft.peers). Trainer brings
 distributed launch (torchrun / accelerate), checkpoints, resume, bf16 and evaluation;
 ``NeftTrainer`` only teaches it to save and load neft adapters instead of whole models.
 """
@@ -40,8 +42,9 @@ from .files import write_json
 from .model import NeftConfig, NeftModel, get_neft_model
 from .models import load_model
 from .neurons import NeuronSet, count_parameters, find_neuron_groups
+from .peers import PEERS
 
-METHODS = ("neft", "random", "lora", "full", "ft-inout")
+METHODS = ("neft", "random", "lora", "full", "ft-inout", *PEERS)
 RUN_FILE = "neft_run.json"
 LOG_FILE = "training_log.json"
 PLOT_FILE = "loss_curve.png"
@@ -340,6 +343,18 @@ def _on_rank_zero(select: Any) -> NeuronSet:
     return box[0]
 
 
+def budget_parameters(model: nn.Module, config: TrainConfig) -> int:
+    """The parameters neft trains at this budget (neurons x neuron size), which PEFT's
+    peers are sized to."""
+    from .select.budget import linear_shapes, lora_parameters, resolve_budget
+
+    budget = _budget(config)
+    if "match_lora" in budget:
+        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"]),
+                  "lora_rank": budget["match_lora"]}
+    return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget).parameters
+
+
 def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Module:
     """Make exactly the method's parameters trainable."""
     if config.method in ("neft", "random"):
@@ -347,6 +362,10 @@ def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Mod
         neft_config = NeftConfig(neurons=neurons, mode=config.neft_mode,
                                  base_model_name_or_path=config.model)
         return get_neft_model(model, neft_config)
+    if config.method in PEERS:
+        from .peers import apply_peer
+
+        return apply_peer(model, config.method, budget_parameters(model, config), config.seed)
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
