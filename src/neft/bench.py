@@ -6,7 +6,9 @@ discarded, median of the rest):
 trains layer 0 must pay), ``neft`` (compact deltas), ``neft-separate`` (compact deltas with
 the base weight left untouched, x D^T added separately: the fallback, not run by default),
 ``neft-mask`` (the paper's gradient masking), ``lora`` (peft, all linear layers but
-lm_head, rank matched to the budget), ``ft-inout`` (all MLP up/down weights) and ``full``.
+lm_head, rank matched to the budget), PEFT's peers at neft's trainable count (``lora-mlp``,
+``shira``, ``shira-mlp``, ``supertuning``, ``supertuning-mlp``: neft.peers, the same set-up
+as `neft train`), ``ft-inout`` (all MLP up/down weights) and ``full``.
 
 Budgets: ``lora-r8`` (neurons whose parameters equal LoRA r8's), ``paper-6`` (the share of
 the neuron pool that the paper's 6% budget, 100k of Llama-2-7B's 704,512 neurons, is) or
@@ -48,10 +50,11 @@ from .neurons import (
     neuron_set_from_groups,
     pool_size,
 )
+from .peers import PEERS, apply_peer
 
-MODES = ("floor", "neft", "neft-separate", "neft-mask", "lora", "ft-inout", "full")
+MODES = ("floor", "neft", "neft-separate", "neft-mask", "lora", *PEERS, "ft-inout", "full")
 DEFAULT_MODES = ("floor", "neft", "neft-mask", "lora", "ft-inout", "full")
-BUDGET_MODES = ("neft", "neft-separate", "neft-mask", "lora")
+BUDGET_MODES = ("neft", "neft-separate", "neft-mask", "lora", *PEERS)
 # The paper's budgets on Llama-2-7B: percent of all parameters -> neurons of 704,512.
 PAPER_POOL = 704_512
 PAPER_BUDGETS = {"0.4": 6_250, "1.5": 25_000, "3": 50_000, "6": 100_000, "9": 150_000,
@@ -224,7 +227,10 @@ def prepare(model: nn.Module, mode: str, neurons: int, lora_rank: int, seed: int
             for _, layer in wrapped.neft_layers():
                 layer.sync_weight = False
         return wrapped, wrapped.get_nb_trainable_parameters()[0]
-    if mode == "lora":
+    if mode in PEERS:  # at the count of the neft run of this budget (same neurons, seed)
+        target = random_neurons(model, neurons, seed).num_parameters()
+        model = apply_peer(model, mode, target, seed)
+    elif mode == "lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
@@ -602,7 +608,9 @@ def plot(results: dict[str, Any], path: str) -> None:
     for ax, key, label in ((axes[0], "step_s", "step time (s)"),
                            (axes[1], "peak_mb", "peak memory (MB)")):
         for mode, style in (("floor", "k.:"), ("neft", "o-"), ("neft-separate", "o:"),
-                            ("neft-mask", "s--"), ("lora", "^-")):
+                            ("neft-mask", "s--"), ("lora", "^-"), ("lora-mlp", "^:"),
+                            ("shira", "v-"), ("shira-mlp", "v:"), ("supertuning", "D-"),
+                            ("supertuning-mlp", "D:")):
             points = sorted((r["budget_neurons"], r[key]) for r in runs
                             if r["mode"] == mode and r["budget"])
             if points:

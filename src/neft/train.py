@@ -2,7 +2,9 @@
 
 Methods: ``neft`` (neurons from a NeuronSet file, or selected on the fly), ``random``
 (random neurons at the same budget, the control), ``lora`` (peft), ``full``,
-``ft-inout`` (every MLP in-row and out-column: all up/down weights). Trainer brings
+``ft-inout`` (every MLP in-row and out-column: all up/down weights), and PEFT's peers
+at the neft budget's parameter count (``lora-mlp``, ``shira``, ``supertuning`` and their
+MLP-only forms: neft.peers). Trainer brings
 distributed launch (torchrun / accelerate), checkpoints, resume, bf16 and evaluation;
 ``NeftTrainer`` only teaches it to save and load neft adapters instead of whole models.
 """
@@ -41,8 +43,9 @@ from .files import apply_umask, check_output_folder, folder_lock, is_lock_file, 
 from .model import NeftConfig, NeftModel, get_neft_model
 from .models import check_length, load_model, recorded_name
 from .neurons import NeuronSet, count_parameters, find_neuron_groups
+from .peers import PEERS
 
-METHODS = ("neft", "random", "lora", "full", "ft-inout")
+METHODS = ("neft", "random", "lora", "full", "ft-inout", *PEERS)
 RUN_FILE = "neft_run.json"
 LOG_FILE = "training_log.json"
 PLOT_FILE = "loss_curve.png"
@@ -390,6 +393,18 @@ def _on_rank_zero(select: Any) -> NeuronSet:
     return box[0]
 
 
+def budget_parameters(model: nn.Module, config: TrainConfig) -> int:
+    """The parameters neft trains at this budget (neurons x neuron size), which PEFT's
+    peers are sized to."""
+    from .select.budget import linear_shapes, lora_parameters, resolve_budget
+
+    budget = _budget(config)
+    if "match_lora" in budget:
+        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"]),
+                  "lora_rank": budget["match_lora"]}
+    return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget).parameters
+
+
 def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Module:
     """Make exactly the method's parameters trainable."""
     if config.method in ("neft", "random"):
@@ -397,6 +412,10 @@ def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Mod
         neft_config = NeftConfig(neurons=neurons, mode=config.neft_mode,
                                  base_model_name_or_path=config.model)
         return get_neft_model(model, neft_config)
+    if config.method in PEERS:
+        from .peers import apply_peer
+
+        return apply_peer(model, config.method, budget_parameters(model, config), config.seed)
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -431,8 +450,12 @@ def trainable_parameters(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- trainer
 
 
-class NeftTrainer(Trainer):
-    """Trainer that checkpoints a NeftModel as its small adapter, not the whole model."""
+class NeftTrainerMixin:
+    """Teaches any transformers Trainer (e.g. trl's SFTTrainer) to checkpoint, save and
+    reload a NeftModel as its small adapter: Trainer itself saves only PreTrainedModel and
+    PeftModel properly and would write a NeftModel's whole state dict instead. Put it
+    first: ``class MyTrainer(NeftTrainerMixin, SFTTrainer)``. Other models pass through.
+    Each save also records steps and losses for the adapter card."""
 
     def _neft_model(self) -> NeftModel | None:
         model = self.accelerator.unwrap_model(self.model)
@@ -446,6 +469,7 @@ class NeftTrainer(Trainer):
         if model is None:
             return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
+        model.training_info = training_info(self.state)
         model.save_pretrained(output_dir, is_main_process=self.args.should_save)
         if self.args.should_save and self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
@@ -470,6 +494,7 @@ class NeftTrainer(Trainer):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
+            model.training_info = training_info(self.state)
             model.save_pretrained(output_dir)
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
@@ -486,6 +511,21 @@ class NeftTrainer(Trainer):
         if target is None:
             return super()._load_best_model()
         target.load_adapter_weights(self.state.best_model_checkpoint)
+
+
+class NeftTrainer(NeftTrainerMixin, Trainer):
+    """Trainer that checkpoints a NeftModel as its small adapter, not the whole model."""
+
+
+def training_info(state: Any) -> dict[str, Any]:
+    """Steps and losses so far, from a TrainerState, for the adapter card."""
+    history = state.log_history or []
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    mean = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None)
+    return {"global_step": state.global_step, "train_loss": losses[-1] if losses else None,
+            "mean_train_loss": mean, "eval_loss": evals[-1] if evals else None,
+            "best_eval_loss": state.best_metric}
 
 
 class StopOnSignal(TrainerCallback):
