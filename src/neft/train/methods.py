@@ -24,9 +24,11 @@ from torch import nn
 
 from ..core.loading import recorded_name
 from ..core.model import NeftConfig, get_neft_model
-from ..core.neurons import NeuronSet, find_neuron_groups
+from ..core.neurons import NeuronSet, count_parameters, find_neuron_groups
 from ..errors import NeftError
 from ..select import get_scorer, select_neurons
+from ..select.budget import linear_shapes, lora_parameters, resolve_budget
+from .peers import PEERS, apply_peer
 
 if TYPE_CHECKING:
     from .options import TrainConfig
@@ -138,6 +140,19 @@ def _train_only(model: nn.Module, modules: set[str] | None) -> nn.Module:
     return model
 
 
+def peer_method(name: str) -> Callable[[nn.Module, MethodSpec], nn.Module]:
+    """The prepare() of one of PEFT's peers (neft.train.peers), sized to the neft budget's
+    trainable count (spec.budget_parameters)."""
+
+    def prepare(model: nn.Module, spec: MethodSpec) -> nn.Module:
+        if spec.budget_parameters is None:
+            raise NeftError(f"method {name} is sized to a neft budget: pass its parameter "
+                            "count (spec.budget_parameters)")
+        return apply_peer(model, name, spec.budget_parameters, spec.seed)
+
+    return prepare
+
+
 def prepare_full(model: nn.Module, spec: MethodSpec) -> nn.Module:
     """Every weight."""
     return _train_only(model, None)
@@ -155,6 +170,9 @@ register_method("random", prepare_neft, budget="neurons", scorer="random",
 register_method("lora", prepare_lora, budget="lora_rank", help="peft's LoRA")
 register_method("full", prepare_full, saves_model=True, label="all")
 register_method("ft-inout", prepare_ft_inout, saves_model=True, label="all up/down")
+for _peer in PEERS:  # PEFT's lora-mlp, SHiRA and Super-Tuning, sized to the neft budget
+    register_method(_peer, peer_method(_peer), budget="parameters",
+                    help=f"PEFT's {_peer} at the neft budget's trainable count")
 
 
 def _budget(config: TrainConfig) -> dict[str, Any]:
@@ -192,6 +210,16 @@ def _on_rank_zero(select: Any) -> NeuronSet:
     return box[0]
 
 
+def budget_parameters(model: nn.Module, config: TrainConfig) -> int:
+    """The parameters neft trains at this budget (neurons x neuron size), which PEFT's
+    peers are sized to."""
+    budget = _budget(config)
+    if "match_lora" in budget:
+        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"]),
+                  "lora_rank": budget["match_lora"]}
+    return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget).parameters
+
+
 def method_spec(config: TrainConfig, neurons: NeuronSet | None = None,
                 budget_parameters: int | None = None) -> MethodSpec:
     return MethodSpec(neurons=neurons, budget_parameters=budget_parameters,
@@ -205,7 +233,9 @@ def prepare_model(model: nn.Module, config: TrainConfig, dataset: Any) -> nn.Mod
     """Make exactly the method's parameters trainable."""
     method = get_method(config.method)
     neurons = select_for_training(model, config, dataset) if method.selects_neurons else None
-    return method.prepare(model, method_spec(config, neurons))
+    parameters = (budget_parameters(model, config) if method.budget == "parameters"
+                  else None)
+    return method.prepare(model, method_spec(config, neurons, parameters))
 
 
 def trainable_parameters(model: nn.Module) -> int:

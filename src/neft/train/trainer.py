@@ -19,8 +19,12 @@ from .options import TrainConfig, fsdp_option
 # ----------------------------------------------------------------------------- trainer
 
 
-class NeftTrainer(Trainer):
-    """Trainer that checkpoints a NeftModel as its small adapter, not the whole model."""
+class NeftTrainerMixin:
+    """Teaches any transformers Trainer (e.g. trl's SFTTrainer) to checkpoint, save and
+    reload a NeftModel as its small adapter: Trainer itself saves only PreTrainedModel and
+    PeftModel properly and would write a NeftModel's whole state dict instead. Put it
+    first: ``class MyTrainer(NeftTrainerMixin, SFTTrainer)``. Other models pass through.
+    Each save also records steps and losses for the adapter card."""
 
     def _neft_model(self) -> NeftModel | None:
         model = self.accelerator.unwrap_model(self.model)
@@ -34,6 +38,7 @@ class NeftTrainer(Trainer):
         if model is None:
             return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
+        model.training_info = training_info(self.state)
         model.save_pretrained(output_dir, is_main_process=self.args.should_save)
         if self.args.should_save and self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
@@ -58,6 +63,7 @@ class NeftTrainer(Trainer):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
+            model.training_info = training_info(self.state)
             model.save_pretrained(output_dir)
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
@@ -74,6 +80,21 @@ class NeftTrainer(Trainer):
         if target is None:
             return super()._load_best_model()
         target.load_adapter_weights(self.state.best_model_checkpoint)
+
+
+class NeftTrainer(NeftTrainerMixin, Trainer):
+    """Trainer that checkpoints a NeftModel as its small adapter, not the whole model."""
+
+
+def training_info(state: Any) -> dict[str, Any]:
+    """Steps and losses so far, from a TrainerState, for the adapter card."""
+    history = state.log_history or []
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    mean = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None)
+    return {"global_step": state.global_step, "train_loss": losses[-1] if losses else None,
+            "mean_train_loss": mean, "eval_loss": evals[-1] if evals else None,
+            "best_eval_loss": state.best_metric}
 
 
 class StopOnSignal(TrainerCallback):

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ...core.io import read_json
-from .plan import Plan, Run, canonical
+from .plan import Plan, Run, canonical, first_difference
 from .worker import RESULT_FILE
 
 
@@ -23,8 +23,12 @@ def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:
 
 
 def current(plan: Plan, run: Run) -> dict[str, Any] | None:
+    """The run's result when it was computed with the plan's settings (a setting added
+    since, at its neutral value None, changes nothing: the runner's rule too)."""
     result = load_result(plan.config.output_dir, run)
-    return result if result is not None and result.get("spec") == run.spec else None
+    if result is None or first_difference(result.get("spec"), run.spec) is not None:
+        return None
+    return result
 
 
 def best_run(plan: Plan, cell: str) -> Run | None:
