@@ -152,7 +152,7 @@ class TrainConfig:
 
             if importlib.util.find_spec("deepspeed") is None:
                 raise NeftError("--deepspeed needs DeepSpeed, which is not installed: pip "
-                                "install 'neft[deepspeed]' (README, Scaling out)")
+                                "install 'neft[deepspeed]' (docs/distributed.md)")
         if self.fsdp_config and not fsdp_option(self.fsdp):
             raise NeftError("fsdp_config is used only with --fsdp true; pass both, or neither")
         if (self.neft_mode == "mask" and METHODS[self.method].selects_neurons
