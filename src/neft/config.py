@@ -92,17 +92,26 @@ def _scalar(text: str) -> Any:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """A ``--name`` flag per field, default None so that YAML values are not overridden."""
     parser.add_argument("--config", help="YAML file with any of these options")
-    for field in dataclasses.fields(cls):
+    groups = {}  # fields a dataclass base declares (e.g. DataOptions) get its own group
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            title = (base.__doc__ or base.__name__).strip().splitlines()[0]
+            group = parser.add_argument_group(title.rstrip("."))
+            groups.update({f.name: group for f in dataclasses.fields(base)})
+    own = [f for f in dataclasses.fields(cls) if f.name not in groups]
+    shared = [f for f in dataclasses.fields(cls) if f.name in groups]
+    for field in own + shared:
+        target = groups.get(field.name, parser)
         kind = _base_type(field.type)
         help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats it
         default = field.default if field.default is not dataclasses.MISSING else None
         flag = f"--{field.name}"
         if kind is bool:
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
+            target.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
                                 help=f"{help_text} (default: {default})")
         else:
             types_ = {int: int, float: finite_float, dict: parse_options}
-            parser.add_argument(flag, type=types_.get(kind, str), default=None,
+            target.add_argument(flag, type=types_.get(kind, str), default=None,
                                 help=f"{help_text} (default: {default})")
 
 

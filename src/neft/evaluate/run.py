@@ -21,8 +21,9 @@ from ..core.io import check_output_file, write_json
 from ..core.loading import (
     load_model,
 )
-from ..data.prompts import TEMPLATES, language_name, render_example, resolve_template
-from ..data.records import TASKS, load_records
+from ..data.options import DataOptions
+from ..data.prompts import render_example, resolve_template
+from ..data.records import load_records
 from ..data.sources import fingerprint, load_drift_sets
 from ..errors import NeftError
 from .generation import _generate
@@ -154,8 +155,9 @@ def evaluate_model(
 
 
 @dataclass
-class EvalConfig:
-    """Every option of `neft eval` (flags and YAML keys)."""
+class EvalConfig(DataOptions):
+    """Every option of `neft eval` (flags and YAML keys); the data options (as in
+    training) come from DataOptions."""
 
     model: str | None = option("model name or path; with --adapter its base (default: the "
                                "base the adapter recorded, else smollm2-135m)")
@@ -163,13 +165,6 @@ class EvalConfig:
                                  "output_dir")
     data: str | None = option("test data: JSONL/CSV/TSV/Parquet file, folder or hub dataset")
     split: str | None = option("split of a folder or hub dataset", "test")
-    task: str = option("translation, summarization, instruction or completion", "translation")
-    template: str = option("prompt template as in training: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = option("source language code (else each record's src_lang)")
-    target_lang: str | None = option("target language code (else each record's tgt_lang); "
-                                     "also picks the BLEU tokenizer")
-    source_field: str | None = option("record field holding the source text")
-    target_field: str | None = option("record field holding the reference text")
     max_samples: int | None = option("evaluate the first N records")
     batch_size: int = option("prompts generated together", 16)
     max_new_tokens: int = option("longest answer in tokens", 256)
@@ -200,18 +195,12 @@ class EvalConfig:
                             "test.jsonl); `neft data gettext` makes one")
         # Checked here so that bad values fail before minutes of loading and generating.
 
-        for name, allowed in (("task", TASKS), ("template", TEMPLATES)):
-            if getattr(self, name) not in allowed:
-                raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "
-                                f"{', '.join(allowed)}")
+        self.check_data_options()
         for name, low in (("batch_size", 1), ("max_new_tokens", 1), ("max_samples", 1),
                           ("no_repeat_ngram_size", 0), ("max_length", 2)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise NeftError(f"{name} must be at least {low}, not {value}")
-        for lang in (self.source_lang, self.target_lang):
-            if lang:
-                language_name(lang)
         if self.output_file and os.path.isdir(self.output_file):
             raise NeftError(f"output_file {self.output_file} is a folder; give a file name "
                             f"such as {os.path.join(self.output_file, 'eval.json')}")
@@ -241,9 +230,7 @@ def run_eval(config: EvalConfig, write: bool = True) -> dict[str, Any]:
     if config.output_file:
         check_output_file(config.output_file, config.overwrite, "output_file",
                           example="eval.json")
-    field_map = {name: standard for name, standard in ((config.source_field, "source"),
-                                                       (config.target_field, "target")) if name}
-    records = load_records(config.data, split=config.split, field_map=field_map,
+    records = load_records(config.data, split=config.split, field_map=config.field_map(),
                            limit=config.max_samples, task=config.task)
     chosen = parse_metrics(config.metrics)  # fail on a bad metric before loading the model
     drift_sets = load_drift_sets(config.drift_data) if "drift" in chosen else None

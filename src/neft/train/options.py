@@ -9,8 +9,7 @@ from typing import Any
 
 from ..config import option
 from ..core.model import MODES
-from ..data.prompts import TEMPLATES, language_name
-from ..data.records import TASKS
+from ..data.options import DataOptions
 from ..errors import NeftError
 from ..select import SCORERS
 from ..select.registry import check_scorer_options
@@ -18,8 +17,9 @@ from .methods import METHODS
 
 
 @dataclass
-class TrainConfig:
-    """Every option of `neft train` (flags and YAML keys)."""
+class TrainConfig(DataOptions):
+    """Every option of `neft train` (flags and YAML keys); the data options come from
+    DataOptions."""
 
     model: str = option("model name or path; smollm2-135m is the embedded default",
                         "smollm2-135m")
@@ -30,12 +30,6 @@ class TrainConfig:
     train_split: str | None = option("split of a folder or hub dataset", "train")
     eval_split: str | None = option("split of a folder or hub dataset", "dev")
     output_dir: str = option("where the adapter / model, log and plot go", "outputs/run")
-    task: str = option("translation, summarization, instruction or completion", "translation")
-    template: str = option("prompt template: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = option("source language code (else each record's src_lang)")
-    target_lang: str | None = option("target language code (else each record's tgt_lang)")
-    source_field: str | None = option("record field holding the source text")
-    target_field: str | None = option("record field holding the target text")
     max_train_samples: int | None = option("use the first N training records")
     max_eval_samples: int | None = option("use the first N dev records", 200)
     max_length: int = option("tokens per example (prompt is cut first, never the target)", 256)
@@ -101,8 +95,8 @@ class TrainConfig:
         folder is made (Trainer and torch would fail later, with a traceback)."""
         from transformers import SchedulerType
 
-        choices = {"task": TASKS, "template": TEMPLATES, "neft_mode": MODES,
-                   "scorer": tuple(SCORERS),
+        self.check_data_options()
+        choices = {"neft_mode": MODES, "scorer": tuple(SCORERS),
                    "lr_scheduler_type": tuple(t.value for t in SchedulerType)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -163,9 +157,6 @@ class TrainConfig:
         if self.neurons and self.method != "neft":
             raise NeftError(f"neurons is used by method neft only, and method is "
                             f"{self.method}: drop --neurons or pass --method neft")
-        for lang in (self.source_lang, self.target_lang):
-            if lang:
-                language_name(lang)
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
         loggers = ("none", "all", *INTEGRATION_TO_CALLBACK)

@@ -182,15 +182,6 @@ def _discard_run(path: str) -> None:
 
 
 
-def _field_map(config: TrainConfig) -> dict[str, str]:
-    mapping = {}
-    if config.source_field:
-        mapping[config.source_field] = "source"
-    if config.target_field:
-        mapping[config.target_field] = "target"
-    return mapping
-
-
 def load_split(config: TrainConfig, source: str, split: str | None, limit: int | None,
                tokenizer: Any) -> Any:
     return _build(config, _records(config, source, split, limit), tokenizer)
@@ -198,7 +189,7 @@ def load_split(config: TrainConfig, source: str, split: str | None, limit: int |
 
 def _records(config: TrainConfig, source: str, split: str | None,
              limit: int | None) -> list[dict]:
-    return load_records(source, split=split, field_map=_field_map(config), limit=limit,
+    return load_records(source, split=split, field_map=config.field_map(), limit=limit,
                         task=config.task)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import from_dict, option
+from ...data.options import DATA_OPTIONS, DataOptions
 from ...data.sources import fingerprint, load_drift_sets
 from ...errors import NeftError
 from ...evaluate.metrics import parse_metrics
@@ -49,19 +50,14 @@ TASK_METRICS = {"translation": "bleu,chrf", "summarization": "rouge"}
 
 
 @dataclass
-class CompareConfig:
-    """Every option of `neft compare` (YAML keys; the scalar ones are also flags)."""
+class CompareConfig(DataOptions):
+    """Every option of `neft compare` (YAML keys; the scalar ones are also flags); the data
+    options, shared by every run, come from DataOptions."""
 
     output_dir: str = option("where runs, the table, JSON and plot go", "outputs/compare")
     model: str = option("model name or path; smollm2-135m is the embedded default",
                         "smollm2-135m")
     data: str | None = option("task data: a folder of train/dev/test files or a hub dataset")
-    task: str = option("translation, summarization, instruction or completion", "translation")
-    template: str = option("prompt template: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = option("source language code (else each record's src_lang)")
-    target_lang: str | None = option("target language code (else each record's tgt_lang)")
-    source_field: str | None = option("record field holding the source text")
-    target_field: str | None = option("record field holding the target text")
     train_split: str = option("split to train on", "train")
     dev_split: str = option("split for dev loss: best checkpoint and the lr sweep", "dev")
     test_split: str = option("split that is scored (never used to choose anything)", "test")
@@ -91,6 +87,7 @@ class CompareConfig:
     dry_run: bool = option("print the plan and which runs are done, run nothing", False)
 
     def __post_init__(self) -> None:
+        self.check_data_options()
         if not self.data:
             raise NeftError("no data: give data: (a folder with train/dev/test files or a "
                             "hub dataset) in the compare YAML")
@@ -302,10 +299,7 @@ def build_plan(config: CompareConfig) -> Plan:
     data, model = _abs_if_local(config.data), _abs_if_local(config.model)
     common = {"model": model, "train_file": data, "eval_file": data,
               "train_split": config.train_split, "eval_split": config.dev_split,
-              "task": config.task, "template": config.template,
-              "source_lang": config.source_lang, "target_lang": config.target_lang,
-              "source_field": config.source_field, "target_field": config.target_field,
-              "max_train_samples": config.max_train_samples,
+              **config.data_options(), "max_train_samples": config.max_train_samples,
               "max_eval_samples": config.max_dev_samples}
     cells: list[Cell] = []
     for index, raw in enumerate(config.methods):
@@ -401,9 +395,7 @@ def build_plan(config: CompareConfig) -> Plan:
     runs: list[Run] = []
     if config.include_base:
         base_spec = {"kind": "base", "model": model, "eval": eval_options, "test": test,
-                     "prompt": {k: common[k] for k in ("task", "template", "source_lang",
-                                                       "target_lang", "source_field",
-                                                       "target_field")}}
+                     "prompt": {k: common[k] for k in DATA_OPTIONS}}
         if front is not None:  # its test loss is the fronts' point at drift 0
             base_spec["front"] = {"loss_samples": front["loss_samples"],
                                   "max_length": cells[0].train["max_length"]}

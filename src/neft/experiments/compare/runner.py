@@ -54,10 +54,9 @@ def check_data(plan: Plan) -> None:
     """Read a record of every split the grid needs, so a typo fails now, not in an hour."""
 
     config = plan.config
-    field_map = {name: standard for name, standard in ((config.source_field, "source"),
-                                                       (config.target_field, "target")) if name}
     for split in dict.fromkeys((config.train_split, config.dev_split, config.test_split)):
-        load_records(config.data, split=split, field_map=field_map, limit=1, task=config.task)
+        load_records(config.data, split=split, field_map=config.field_map(), limit=1,
+                     task=config.task)
 
 
 @contextlib.contextmanager
@@ -211,8 +210,7 @@ def _job(plan: Plan, run: Run) -> dict[str, Any]:
     job: dict[str, Any] = {"kind": run.kind, "cell": run.cell, "seed": run.seed,
                            "spec": run.spec, "isolated": config.isolate,
                            "keep_checkpoints": config.keep_checkpoints}
-    prompt = {k: getattr(config, k) for k in ("task", "template", "source_lang",
-                                               "target_lang", "source_field", "target_field")}
+    prompt = config.data_options()
     job["eval"] = {**{k: v for k, v in plan.eval.items() if v is not None},
                    "data": plan.data, **prompt}
     if plan.front is not None and run.kind != "sweep":

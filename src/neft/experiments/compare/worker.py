@@ -26,6 +26,7 @@ from ...config import from_dict
 from ...core.io import read_json, write_json
 from ...core.loading import load_model
 from ...core.neurons import NeuronSet
+from ...data.options import field_map
 from ...data.records import load_records
 from ...data.sources import load_drift_sets
 from ...errors import NeftError
@@ -81,10 +82,9 @@ def front_measure(job: dict[str, Any], model_name: str) -> Any:
     the tokenizer), the test records (all, or front.loss_samples) and the drift sets."""
 
     front, values = job["front"], job["eval"]
-    field_map = {name: standard for name, standard in ((values.get("source_field"), "source"),
-                                                       (values.get("target_field"), "target"))
-                 if name}
-    records = load_records(values["data"], split=values["split"], field_map=field_map,
+    records = load_records(values["data"], split=values["split"],
+                           field_map=field_map(values.get("source_field"),
+                                               values.get("target_field")),
                            limit=front.get("loss_samples"), task=values["task"])
     base, tokenizer = load_model(model_name, trust_remote_code=values.get("trust_remote_code",
                                                                           False))
