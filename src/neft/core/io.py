@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -233,6 +233,19 @@ def folder_lock(folder: str | os.PathLike, busy: str, name: str = ".neft.lock",
 def is_lock_file(name: str) -> bool:
     """Lock files are not a run's contents (an output folder holding only one is empty)."""
     return name == ".neft.lock"
+
+
+def clear_folder(folder: str, keep: Callable[[str], bool] = is_lock_file) -> None:
+    """Remove everything in ``folder`` but the entries whose name ``keep`` accepts (by
+    default the lock this process may hold on it)."""
+    for name in os.listdir(folder):
+        if keep(name):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 # ----------------------------------------------------------------------------- folders

@@ -23,7 +23,14 @@ from typing import Any
 
 from transformers import TrainerCallback, set_seed
 
-from ..core.io import apply_umask, check_output_folder, folder_lock, is_lock_file, write_json
+from ..core.io import (
+    apply_umask,
+    check_output_folder,
+    clear_folder,
+    folder_lock,
+    is_lock_file,
+    write_json,
+)
 from ..core.loading import check_length, load_model
 from ..core.neurons import count_parameters
 from ..core.resources import peak_memory_mb
@@ -102,24 +109,12 @@ def _occupied(path: str) -> bool:
     return os.path.isdir(path) and any(not is_lock_file(n) for n in os.listdir(path))
 
 
-def _clear(path: str) -> None:
-    """Remove everything in ``path`` but the lock that this process holds on it."""
-    for name in os.listdir(path):
-        if is_lock_file(name):
-            continue
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
-        else:
-            os.remove(full)
-
-
 def _claim_output_dir(config: TrainConfig, resume: bool) -> bool:
     """Make output_dir this run's, removing an old run under --overwrite; called once every
     check has passed. Returns True when the folder is new (so it can go on failure)."""
     path = config.output_dir
     if config.overwrite and not config.resume and os.path.isfile(os.path.join(path, RUN_FILE)):
-        _clear(path)
+        clear_folder(path)
     fresh = not resume and not _occupied(path)
     os.makedirs(path, exist_ok=True)
     return fresh
@@ -178,7 +173,7 @@ def _discard_run(path: str) -> None:
     """A run that failed before its first checkpoint leaves nothing to resume: remove it, so
     that the next try needs neither --resume nor --overwrite."""
     if os.path.isdir(path) and not any(n.startswith("checkpoint-") for n in os.listdir(path)):
-        _clear(path)  # the folder itself goes with the lock, if the run made it
+        clear_folder(path)  # the folder itself goes with the lock, if the run made it
 
 
 

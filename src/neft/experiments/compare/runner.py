@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...config import from_dict, load_yaml
-from ...core.io import folder_lock, read_json, write_json
+from ...core.io import clear_folder, folder_lock, read_json, write_json
 from ...data.records import load_records
 from ...errors import NeftError
 from .plan import CompareConfig, Plan, Run, build_plan, canonical, first_difference, selection_key
@@ -288,14 +288,7 @@ def clear_for_recompute(folder: str) -> None:
     """Remove a changed run's results but keep its training folder: the worker reuses a
     training whose settings are unchanged (e.g. only decoding changed) and replaces it
     otherwise."""
-    for name in os.listdir(folder):
-        if name == TRAIN_FOLDER:
-            continue
-        path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    clear_folder(folder, keep=lambda name: name == TRAIN_FOLDER)
 
 
 class Grid:
