@@ -39,7 +39,13 @@ GRADIENT_DEFAULTS = {"steps": 24, "batch_size": 4}
 # pair (en-fr), lr 2e-5 / 5e-5 / 1e-4 gave 63 / 66 / 62% overlap with the K=200 probe after
 # 20 steps at the 6% budget; 25 steps gave 69% but took 11% of the probe's time on en-de
 # (goal: 10%). See benchmarks/results/selection_notes.md.
-FAST_PROBE_DEFAULTS = {"steps": 20, "learning_rate": 5e-5, "batch_size": 4}
+FAST_PROBE_DEFAULTS = {"steps": 20, "learning_rate": 5e-5, "batch_size": 4,
+                       "measure": "cosine"}
+# What the fast probe's movement is read as (issue 19's candidates beside the paper's):
+#   cosine    1 - cos(w, w + d): the paper's turn, which under Adam is mostly 1/|w|^2
+#   movement  |d|: how far the neuron moved, whatever its norm
+#   normfree  (1 - cos) x |w|^2 ~ |d orthogonal to w|^2 / 2: the turn without the norm
+MEASURES = ("cosine", "movement", "normfree")
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch's defaults, as the probe uses them
 DRIFT_STEPS = 3  # see score_gradient
 
@@ -144,7 +150,17 @@ def _fine_tune(model: nn.Module, inp: ScoreInput, settings: dict[str, Any]) -> l
     return _run_steps(model, inp, settings, "probe", step)
 
 
-def score_fast_probe(inp: ScoreInput) -> Scores:
+def _moved(before: torch.Tensor, after: torch.Tensor, measure: str) -> torch.Tensor:
+    """One score per neuron (row) from its vector before and after the fast probe."""
+    turn = 1 - cosine(before, after)
+    if measure == "cosine":
+        return turn
+    if measure == "movement":
+        return (after.double() - before.double()).norm(dim=1)
+    return turn * before.double().pow(2).sum(dim=1)
+
+
+def score_fast_probe(inp: ScoreInput, name: str = "fast-probe") -> Scores:
     """Ours: the probe cut down to what it measures. AdamW (constant lr) trains only the
     candidate matrices for ``steps`` steps, then 1 - cos(before, after) per neuron.
 
@@ -164,7 +180,10 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
     back unless ``restore`` is False. Gradient clipping is left out: it needs every
     gradient at once, and Adam's per-element normalisation makes it nearly a no-op.
     """
-    settings = scorer_settings(inp, "fast-probe")
+    settings = scorer_settings(inp, name)
+    if settings["measure"] not in MEASURES:
+        raise NeftError(f"measure={settings['measure']!r} is not known; use one of "
+                        f"{', '.join(MEASURES)}")
     model, groups = inp.model, inp.groups
     _refuse_sharded(model, "the fast probe updates whole candidate matrices")
     modules = by_module(groups)
@@ -221,8 +240,8 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
                 after = masters[module].detach()
                 after = after.t() if is_conv1d(layers[module]) else after
                 for i in modules[module]:
-                    scores[i] = 1 - cosine(neuron_vectors(before, groups[i]),
-                                           neuron_vectors(after, groups[i]))
+                    scores[i] = _moved(neuron_vectors(before, groups[i]),
+                                       neuron_vectors(after, groups[i]), settings["measure"])
                 if restore:  # while the matrix is read anyway; `after` may share its storage
                     put_back(module, before)
         finally:
@@ -240,7 +259,10 @@ def score_fast_probe(inp: ScoreInput) -> Scores:
             model.train(was_training)
     settings.update(optimizer="Adam without momentum (betas 0, 0.999), candidate matrices only",
                     schedule="constant",
-                    selects="lowest cosine after the fast probe",
+                    selects={"cosine": "lowest cosine after the fast probe",
+                             "movement": "largest distance moved in the fast probe",
+                             "normfree": "largest turn x |w|^2 in the fast probe"}[
+                                 settings["measure"]],
                     first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4))
     return scores, settings
 
@@ -288,6 +310,44 @@ def score_gradient(inp: ScoreInput) -> Scores:
     gathered after each backward, one matrix at a time, and every rank gets the scores.
     """
     settings = scorer_settings(inp, "gradient")
+    groups = inp.groups
+    sums, squares, steps = _gradient_sums(inp, settings, "gradient")
+    modules = by_module(groups)
+    scores = [torch.empty(0)] * len(groups)
+    for module, weight in logical_matrices(inp.model, inp.model, list(modules)):
+        for i in modules[module]:
+            size = groups[i].neuron_params
+            mean = sums[i].double() / steps
+            mean_square = (squares[i] / steps).clamp_min(torch.finfo(torch.float64).tiny)
+            snr = size * (mean.pow(2).sum(dim=1) / mean_square - 1 / steps).clamp_min(0)
+            norm = neuron_vectors(weight, groups[i]).double().norm(dim=1).cpu()
+            scores[i] = (DRIFT_STEPS * snr + size).sqrt() / norm
+    settings.update(drift_steps=DRIFT_STEPS, selects="largest predicted Adam turn")
+    return scores, settings
+
+
+def score_snip(inp: ScoreInput) -> Scores:
+    """One pass, no update: sum over a neuron's weights of |w x mean gradient| (SNIP's
+    connection sensitivity; for a row neuron it is the first-order loss change of zeroing
+    it, summed per weight). Norm and gradient both count, not the norm alone."""
+    settings = scorer_settings(inp, "snip")
+    groups = inp.groups
+    sums, _, steps = _gradient_sums(inp, settings, "snip")
+    modules = by_module(groups)
+    scores = [torch.empty(0)] * len(groups)
+    for module, weight in logical_matrices(inp.model, inp.model, list(modules)):
+        for i in modules[module]:
+            vectors = neuron_vectors(weight, groups[i]).double().cpu()
+            scores[i] = (vectors * (sums[i].double() / steps)).abs().sum(dim=1)
+    settings.update(selects="largest |w x mean gradient| (SNIP)")
+    return scores, settings
+
+
+def _gradient_sums(inp: ScoreInput, settings: dict[str, Any], desc: str
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Per group, the sum over ``steps`` batches of each neuron's gradient vector and of its
+    squared norm; only the candidate matrices get gradients, each reduced right after it
+    is accumulated, then dropped."""
     model, groups = inp.model, inp.groups
     modules = by_module(groups)
     layers = dict(model.named_modules())
@@ -323,7 +383,7 @@ def score_gradient(inp: ScoreInput) -> Scores:
             reduce(module, layers[module].weight)
 
     try:
-        _run_steps(model, inp, settings, "gradient", reduce_sharded)
+        _run_steps(model, inp, settings, desc, reduce_sharded)
     finally:
         for hook in hooks:
             hook.remove()
@@ -331,17 +391,7 @@ def score_gradient(inp: ScoreInput) -> Scores:
             param.requires_grad_(flag)
             param.grad = None
         model.train(was_training)
-    scores = [torch.empty(0)] * len(groups)
-    for module, weight in logical_matrices(model, model, list(modules)):
-        for i in modules[module]:
-            size = groups[i].neuron_params
-            mean = sums[i].double() / steps
-            mean_square = (squares[i] / steps).clamp_min(torch.finfo(torch.float64).tiny)
-            snr = size * (mean.pow(2).sum(dim=1) / mean_square - 1 / steps).clamp_min(0)
-            norm = neuron_vectors(weight, groups[i]).double().norm(dim=1).cpu()
-            scores[i] = (DRIFT_STEPS * snr + size).sqrt() / norm
-    settings.update(drift_steps=DRIFT_STEPS, selects="largest predicted Adam turn")
-    return scores, settings
+    return sums, squares, steps
 
 
 def score_reversed(inp: ScoreInput) -> Scores:
@@ -360,5 +410,13 @@ register_scorer("reversed", score_reversed, needs_data=DATA_WITHOUT_REFERENCE,
                 defaults=PROBE_DEFAULTS, help="highest cosine (vs --reference, else a probe)")
 register_scorer("fast-probe", score_fast_probe, needs_data=True, defaults=FAST_PROBE_DEFAULTS,
                 help="ours: a few AdamW steps on the candidate matrices, then cosine")
+register_scorer("movement", partial(score_fast_probe, name="movement"), needs_data=True,
+                defaults={**FAST_PROBE_DEFAULTS, "measure": "movement"},
+                help="the fast probe read as distance moved, |delta w| (norm-free)")
+register_scorer("cosine-normfree", partial(score_fast_probe, name="cosine-normfree"),
+                needs_data=True, defaults={**FAST_PROBE_DEFAULTS, "measure": "normfree"},
+                help="the fast probe's turn (1 - cos) times |w|^2: the paper's rule without "
+                     "its lean to low-norm neurons")
+register_scorer("snip", score_snip, needs_data=True, defaults=GRADIENT_DEFAULTS)
 register_scorer("gradient", score_gradient, needs_data=True, defaults=GRADIENT_DEFAULTS,
                 help="ours: gradient statistics on --data")

@@ -1,0 +1,80 @@
+"""Issue 19's candidate scorers: the fast probe read as movement or as the norm-free turn,
+and SNIP (|w x mean gradient|), each equal to a direct computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from test_select import examples
+
+from neft import NeftError
+from neft.core.neurons import find_neuron_groups
+from neft.select import score_neurons, select_neurons
+from neft.select.datadriven import batches
+from neft.select.weights import by_module, logical_matrices, neuron_vectors
+
+
+def test_normfree_is_the_fast_probe_turn_times_the_squared_norm():
+    model = make_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    turn = score_neurons(model, "fast-probe", data=examples(), steps=3, learning_rate=1e-3,
+                         progress=False)
+    normfree = score_neurons(model, "cosine-normfree", data=examples(), steps=3,
+                             learning_rate=1e-3, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    weights = dict(logical_matrices(model, model, list(by_module(turn.groups))))
+    for group, cos, free in zip(turn.groups, turn.scores, normfree.scores, strict=True):
+        norms = neuron_vectors(weights[group.module], group).double().pow(2).sum(dim=1)
+        torch.testing.assert_close(free, cos * norms, rtol=1e-9, atol=0)
+    assert normfree.metadata["scorer_settings"]["measure"] == "normfree"
+
+
+def test_movement_is_the_distance_each_neuron_moved():
+    model = make_model("gpt2")
+    groups = find_neuron_groups(model)
+    modules = list(by_module(groups))
+    start = {m: w.clone() for m, w in logical_matrices(model, model, modules)}
+    moved = score_neurons(model, "movement", data=examples(), steps=2, learning_rate=1e-3,
+                          progress=False)
+    kept = score_neurons(model, "fast-probe", data=examples(), steps=2, learning_rate=1e-3,
+                         restore=False, progress=False)
+    assert kept.scores  # the model now holds the probe's weights
+    end = dict(logical_matrices(model, model, modules))
+    for group, got in zip(groups, moved.scores, strict=True):
+        expected = (neuron_vectors(end[group.module], group).double()
+                    - neuron_vectors(start[group.module], group).double()).norm(dim=1)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
+        assert (got > 0).all()
+
+
+def test_snip_is_weight_times_mean_gradient():
+    model = make_model("llama")
+    scores = score_neurons(model, "snip", data=examples(), steps=3, batch_size=4,
+                           progress=False)
+    assert all(p.grad is None for p in model.parameters())
+    stream = batches(examples(), 4, 1234, 0, torch.device("cpu"))
+    model.train()
+    torch.manual_seed(1234)
+    for _ in range(3):
+        model(**next(stream)).loss.backward()
+    groups = scores.groups
+    layers = dict(model.named_modules())
+    for group, got in zip(groups, scores.scores, strict=True):
+        weight = layers[group.module].weight
+        w = neuron_vectors(weight.detach(), group).double()
+        g = neuron_vectors(weight.grad, group).double() / 3
+        torch.testing.assert_close(got, (w * g).abs().sum(dim=1), rtol=1e-5, atol=1e-12)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def test_candidates_select_exact_budgets_and_refuse_unknown_measures():
+    model = make_model("llama")
+    for scorer in ("movement", "cosine-normfree", "snip"):
+        chosen = select_neurons(model, scorer, data=examples(), neurons=7, steps=2,
+                                progress=False)
+        assert chosen.num_neurons() == 7 and chosen.metadata["scorer"] == scorer
+    with pytest.raises(NeftError, match="measure"):
+        score_neurons(model, "fast-probe", data=examples(), steps=1, progress=False,
+                      scorer_options={"measure": "speed"})
