@@ -78,3 +78,28 @@ def test_candidates_select_exact_budgets_and_refuse_unknown_measures():
     with pytest.raises(NeftError, match="measure"):
         score_neurons(model, "fast-probe", data=examples(), steps=1, progress=False,
                       scorer_options={"measure": "speed"})
+
+
+def test_a_layer_band_keeps_the_budget_inside_it():
+    model = make_model("llama")  # blocks 0 and 1
+    upper = select_neurons(model, "magnitude", neurons=9, layers="upper:1", progress=False)
+    assert upper.num_neurons() == 9 and upper.metadata["layers"] == "upper:1"
+    assert all(".layers.1." in module for module in upper.modules())
+    both = select_neurons(model, "magnitude", neurons=9, layers="0-1", progress=False)
+    assert both.to_mapping() == select_neurons(model, "magnitude", neurons=9,
+                                               progress=False).to_mapping()
+    for bad, message in (("upper:3", "upper:N"), ("5", "not one of them"), ("x-y", "A-B")):
+        with pytest.raises(NeftError, match=message):
+            select_neurons(model, "magnitude", neurons=9, layers=bad, progress=False)
+    with pytest.raises(NeftError, match="fewer than the budget"):
+        select_neurons(model, "magnitude", neurons=60, layers="lower:1", progress=False)
+
+
+def test_train_passes_its_layer_band_to_the_selection(toy_data_dir):
+    from neft.train import TrainConfig
+    from neft.train.methods import select_for_training
+
+    config = TrainConfig(method="random", num_neurons=5, select_layers="upper:1",
+                         train_file=toy_data_dir)
+    chosen = select_for_training(make_model("llama"), config, dataset=None)
+    assert chosen.num_neurons() == 5 and all(".layers.1." in m for m in chosen.modules())

@@ -8,7 +8,7 @@ column length, so ``params`` and ``percent`` convert through it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -161,3 +161,30 @@ def choose(groups: list[NeuronGroup], scores: list[torch.Tensor], count: int,
     chosen_owner = owner[picked]
     return {i: torch.sort(picked[chosen_owner == i] - offsets[i]).values
             for i in range(len(groups)) if bool((chosen_owner == i).any())}
+
+
+def parse_layers(text: str, available: Sequence[int]) -> list[int]:
+    """The layers a selection may use: 'A-B' (inclusive), '3,5,7', 'upper:N' (the top N
+    blocks: a band that also lets backward stop early) or 'lower:N'."""
+    present = sorted(set(available))
+    spec = str(text).strip().replace(" ", "")
+    try:
+        if spec.startswith(("upper:", "lower:")):
+            side, count = spec.split(":")
+            n = int(count)
+            if not 1 <= n <= len(present):
+                raise ValueError
+            chosen = present[-n:] if side == "upper" else present[:n]
+        else:
+            chosen = []
+            for part in filter(None, spec.split(",")):
+                low, _, high = part.partition("-")
+                chosen += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise NeftError(f"layers {text!r}: write A-B, a list such as 3,5,7, or upper:N / "
+                        f"lower:N with N from 1 to {len(present)}") from None
+    missing = sorted(set(chosen) - set(present))
+    if missing or not chosen:
+        raise NeftError(f"layers {text!r}: the model's blocks are {present[0]}-{present[-1]}; "
+                        f"{missing[0] if missing else 'none'} is not one of them")
+    return sorted(set(chosen))

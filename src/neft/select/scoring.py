@@ -30,7 +30,15 @@ from ..core.resources import peak_cuda_mb, peak_rss_mb
 from ..errors import NeftError
 from . import datadriven as _datadriven  # noqa: F401 - registers probe, fast-probe, gradient
 from . import scorers as _scorers  # noqa: F401 - registers cosine, random, magnitude
-from .budget import QUOTAS, Budget, choose, linear_shapes, lora_parameters, resolve_budget
+from .budget import (
+    QUOTAS,
+    Budget,
+    choose,
+    linear_shapes,
+    lora_parameters,
+    parse_layers,
+    resolve_budget,
+)
 from .datadriven import prepare_examples
 from .registry import ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
@@ -58,9 +66,25 @@ class NeuronScores:
                               neurons=neurons, percent=percent, params=params,
                               lora_params=lora, lora_rank=match_lora)
 
-    def select(self, budget: Budget, quota: str | None = None) -> NeuronSet:
-        chosen = choose(self.groups, self.scores, budget.neurons, quota)
+    def select(self, budget: Budget, quota: str | None = None,
+               layers: str | None = None) -> NeuronSet:
+        """The budget's best neurons; ``layers`` (see budget.parse_layers) keeps the
+        selection to a band of blocks, the budget unchanged."""
+        keep = list(range(len(self.groups)))
+        if layers is not None:
+            band = set(parse_layers(layers, [g.layer for g in self.groups]))
+            keep = [i for i, g in enumerate(self.groups) if g.layer in band]
+            pool = sum(self.groups[i].count for i in keep)
+            if budget.neurons > pool:
+                raise NeftError(f"layers {layers!r} hold {pool:,} candidate neurons, fewer "
+                                f"than the budget's {budget.neurons:,}: widen the band or "
+                                "lower the budget")
+        picked = choose([self.groups[i] for i in keep], [self.scores[i] for i in keep],
+                        budget.neurons, quota)
+        chosen = {keep[j]: indices for j, indices in picked.items()}
         metadata = {**self.metadata, "budget": budget.to_dict(), "quota": quota or "global"}
+        if layers is not None:
+            metadata["layers"] = layers
         return neuron_set_from_groups(self.groups, chosen, metadata)
 
 
@@ -74,6 +98,7 @@ def select_neurons(
     match_lora: int | None = None,
     lora_target_modules: Sequence[str] | None = None,
     quota: str | None = None,
+    layers: str | None = None,
     **options: Any,
 ) -> NeuronSet:
     """Score the model's candidate neurons and keep the budget's best as a NeuronSet.
@@ -83,6 +108,7 @@ def select_neurons(
     ``lora_target_modules``, default all linear layers but lm_head).
     ``quota``: None ranks all layers together (the paper); ``layer``, ``kind`` or
     ``module`` (layer x kind) rank within each and split the budget by pool size.
+    ``layers``: select only in these blocks ('A-B', '3,5,7', 'upper:N', 'lower:N').
     ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
     is checked before scoring, so a bad one fails fast.
     """
@@ -95,12 +121,14 @@ def select_neurons(
 
     def check_budget(scores: NeuronScores) -> None:
         budgets.append(scores.budget(**spec))
+        if layers is not None:  # a bad band fails before the scoring, not after it
+            parse_layers(layers, [g.layer for g in scores.groups])
         if options.get("progress", True):
             print(f"neft select: {scorer}, budget {budgets[0].describe()}, pool "
                   f"{scores.metadata['candidate_pool']:,} neurons", file=sys.stderr, flush=True)
 
     scores = score_neurons(model, scorer, on_ready=check_budget, **options)
-    return scores.select(budgets[0], quota)
+    return scores.select(budgets[0], quota, layers)
 
 
 def score_neurons(

@@ -193,6 +193,7 @@ def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> 
     options = config.scorer_options if scorer == config.scorer else None
     return _on_rank_zero(lambda: select_neurons(model, scorer=scorer, data=data,
                                                 seed=config.seed, scorer_options=options,
+                                                layers=config.select_layers,
                                                 **_budget(config)))
 
 

@@ -38,6 +38,8 @@ class TrainConfig(DataOptions):
     scorer: str = option("scorer when selecting on the fly (no --neurons)", "fast-probe")
     scorer_options: dict | None = option("the scorer's own settings, e.g. steps=40,"
                                          "learning_rate=1e-4 (names: neft select --help)")
+    select_layers: str | None = option("select neurons only in these blocks: A-B, 3,5,7, "
+                                       "upper:N or lower:N (the budget unchanged)")
     match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")

@@ -510,5 +510,9 @@ def selection_key(train: dict[str, Any]) -> str:
             "train_file", "train_split", "task", "template", "source_lang", "target_lang",
             "source_field", "target_field", "max_train_samples", "max_length", "seed",
             "lora_target_modules", "trust_remote_code")
-    text = json.dumps({k: train.get(k) for k in keys}, sort_keys=True, default=str)
+    values = {k: train.get(k) for k in keys}
+    # Settings added later count only when set, so that earlier grids keep their sets.
+    values.update({k: train[k] for k in ("scorer_options", "select_layers")
+                   if train.get(k) is not None})
+    text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
