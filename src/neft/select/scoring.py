@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +42,8 @@ from .budget import (
 from .datadriven import prepare_examples
 from .registry import ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,8 +126,8 @@ def select_neurons(
         if layers is not None:  # a bad band fails before the scoring, not after it
             parse_layers(layers, [g.layer for g in scores.groups])
         if options.get("progress", True):
-            print(f"neft select: {scorer}, budget {budgets[0].describe()}, pool "
-                  f"{scores.metadata['candidate_pool']:,} neurons", file=sys.stderr, flush=True)
+            logger.info("neft select: %s, budget %s, pool %s neurons", scorer,
+                        budgets[0].describe(), f"{scores.metadata['candidate_pool']:,}")
 
     scores = score_neurons(model, scorer, on_ready=check_budget, **options)
     return scores.select(budgets[0], quota, layers)
