@@ -30,7 +30,7 @@ import time
 import torch
 
 from neft.core.loading import load_model
-from neft.core.neurons import NeuronSet
+from neft.core.neuron_set import NeuronSet
 from neft.select import score_neurons
 from neft.select.datadriven import batches, prepare_examples
 

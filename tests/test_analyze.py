@@ -25,7 +25,8 @@ from neft.analyze import (
     utilization,
 )
 from neft.cli import main
-from neft.core.neurons import NeuronGroup, NeuronSet, find_neuron_groups
+from neft.core.neuron_set import NeuronSet
+from neft.core.neurons import NeuronGroup, find_neuron_groups
 from neft.errors import NeftError
 from neft.select.weights import logical_matrices, neuron_vectors
 

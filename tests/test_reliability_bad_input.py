@@ -428,6 +428,6 @@ def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys) -> None:
     assert run_cli(argv) == 2
     assert out.read_text() == "old"
     assert run_cli([*argv, "--overwrite"]) == 0, capsys.readouterr().err
-    from neft.core.neurons import NeuronSet
+    from neft.core.neuron_set import NeuronSet
 
     assert NeuronSet.load(out).num_neurons() == 3

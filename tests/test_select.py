@@ -7,7 +7,8 @@ import torch
 from conftest import make_model
 
 from neft.cli import main
-from neft.core.neurons import NeuronSet, count_parameters, find_neuron_groups, model_fingerprint
+from neft.core.neuron_set import NeuronSet
+from neft.core.neurons import count_parameters, find_neuron_groups, model_fingerprint
 from neft.errors import NeftError
 from neft.select import (
     intersect_sets,

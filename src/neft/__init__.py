@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from .core.export import export_lora  # noqa: E402
 from .core.model import NeftConfig, NeftModel, get_neft_model  # noqa: E402
-from .core.neurons import NeuronGroup, NeuronSet, find_neuron_groups  # noqa: E402
+from .core.neuron_set import NeuronSet
+from .core.neurons import NeuronGroup, find_neuron_groups  # noqa: E402
 from .errors import NeftError  # noqa: E402
 from .select import score_neurons, select_neurons  # noqa: E402
 

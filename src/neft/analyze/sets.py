@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..core.neurons import NeuronSet, layer_index
+from ..core.neuron_set import NeuronSet
+from ..core.neurons import layer_index
 from ..errors import NeftError
 from ..select.report import layer_counts
 

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from ..core.io import atomic_save_file, write_json
 from ..core.loading import EMBEDDED_NAMES, EMBEDDED_ORIGIN, check_length
 from ..core.model import read_adapter_config
-from ..core.neurons import PAPER_POOL, NeuronGroup, NeuronSet, find_neuron_groups
+from ..core.neuron_set import NeuronSet
+from ..core.neurons import PAPER_POOL, NeuronGroup, find_neuron_groups
 from ..data.records import load_records
 from ..data.tokenize import DataCollator, build_dataset
 from ..errors import NeftError

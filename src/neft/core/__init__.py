@@ -3,7 +3,8 @@ layers that train only those rows or columns (layers), the adapter that injects 
 (model), model and tokenizer loading (loading) and the one file-writing helper (io)."""
 
 from .model import NeftConfig, NeftModel, get_neft_model
-from .neurons import NeuronGroup, NeuronSet, find_neuron_groups
+from .neuron_set import NeuronSet
+from .neurons import NeuronGroup, find_neuron_groups
 
 __all__ = ["NeftConfig", "NeftModel", "NeuronGroup", "NeuronSet", "find_neuron_groups",
            "get_neft_model"]

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from .loading import is_embedded
-from .neurons import NeuronSet, layer_index
+from .neuron_set import NeuronSet
+from .neurons import layer_index
 
 logger = logging.getLogger(__name__)
 

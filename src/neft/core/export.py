@@ -21,17 +21,11 @@ from torch import nn
 
 from ..errors import NeftError
 from .card import CARD_NAME, lora_card
-from .io import check_output_dir, staged_folder, write_json, write_text
+from .io import atomic_save_file, check_output_dir, staged_folder, write_json, write_text
 from .loading import ensure_embedded_model, is_embedded, load_adapter_base, load_model
 from .model import CONFIG_NAME, WEIGHTS_NAME, NeftModel
-from .neurons import (
-    NeuronSet,
-    atomic_save_file,
-    is_conv1d,
-    linear_shape,
-    model_fingerprint,
-    read_safetensors,
-)
+from .neuron_set import NeuronSet, read_safetensors
+from .neurons import is_conv1d, linear_shape, model_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -23,18 +23,11 @@ from torch import nn
 from .. import __version__
 from ..errors import NeftError
 from .card import CARD_NAME, adapter_card
-from .io import atomic_text, write_text
+from .io import atomic_save_file, atomic_text, write_text
 from .layers import NeuronDeltaLayer, NeuronMaskLayer
 from .loading import recorded_name
-from .neurons import (
-    AXES,
-    NeuronSet,
-    atomic_save_file,
-    count_parameters,
-    is_target_layer,
-    model_fingerprint,
-    read_safetensors,
-)
+from .neuron_set import NeuronSet, read_safetensors
+from .neurons import AXES, count_parameters, is_target_layer, model_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -45,13 +45,8 @@ from torch import nn
 from ..config import option
 from ..core.io import atomic_text, check_output_files, check_output_folder, save_figure
 from ..core.loading import ensure_embedded_model, is_embedded, load_model
-from ..core.neurons import (
-    PAPER_POOL,
-    count_parameters,
-    find_neuron_groups,
-    neuron_set_from_groups,
-    pool_size,
-)
+from ..core.neuron_set import neuron_set_from_groups
+from ..core.neurons import PAPER_POOL, count_parameters, find_neuron_groups, pool_size
 from ..errors import NeftError
 from ..select import ScoreInput, get_scorer
 from ..select.budget import choose, linear_shapes, lora_parameters

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.neurons import NeuronSet, layer_index
+from ..core.neuron_set import NeuronSet
+from ..core.neurons import layer_index
 
 BAR_WIDTH = 40
 

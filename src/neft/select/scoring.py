@@ -17,13 +17,12 @@ from torch import nn
 
 from .. import __version__
 from ..core.loading import check_length, ensure_embedded_model, is_embedded, load_model
+from ..core.neuron_set import NeuronSet, neuron_set_from_groups
 from ..core.neurons import (
     NeuronGroup,
-    NeuronSet,
     count_parameters,
     find_neuron_groups,
     model_fingerprint,
-    neuron_set_from_groups,
     pool_size,
 )
 from ..core.resources import peak_cuda_mb, peak_rss_mb

@@ -9,11 +9,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from .. import __version__
-from ..core.neurons import (
-    NeuronSet,
-    count_parameters,
-    model_fingerprint,
-)
+from ..core.neuron_set import NeuronSet
+from ..core.neurons import count_parameters, model_fingerprint
 from ..errors import NeftError
 
 

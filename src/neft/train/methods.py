@@ -24,7 +24,8 @@ from torch import nn
 
 from ..core.loading import recorded_name
 from ..core.model import NeftConfig, get_neft_model
-from ..core.neurons import NeuronSet, count_parameters, find_neuron_groups
+from ..core.neuron_set import NeuronSet
+from ..core.neurons import count_parameters, find_neuron_groups
 from ..errors import NeftError
 from ..select import get_scorer, select_neurons
 from ..select.budget import linear_shapes, lora_parameters, resolve_budget

@@ -25,7 +25,7 @@ import torch
 from ...config import from_dict
 from ...core.io import read_json, write_json
 from ...core.loading import load_model
-from ...core.neurons import NeuronSet
+from ...core.neuron_set import NeuronSet
 from ...data.options import field_map
 from ...data.records import load_records
 from ...data.sources import load_drift_sets
