@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..config import option
-from ..core.io import check_output_file, write_json
+from ..core.io import check_output_file, read_json, write_json
 from ..core.loading import (
     load_model,
 )
@@ -215,8 +214,7 @@ def drift_base(config: EvalConfig, described: Mapping[str, Any]) -> str:
         return described["model"]
     run_file = os.path.join(os.path.expanduser(str(described["model"])), "neft_run.json")
     if os.path.isfile(run_file):
-        with open(run_file, encoding="utf-8") as handle:
-            recorded = json.load(handle).get("model")
+        recorded = read_json(run_file).get("model")
         if recorded:
             return recorded
     raise NeftError(f"metric drift needs the base model that {described['model']} was tuned "
