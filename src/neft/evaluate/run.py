@@ -20,6 +20,7 @@ from ..core.io import check_output_file, read_json, write_json
 from ..core.loading import (
     load_model,
 )
+from ..core.precision import bf16_compute
 from ..data.options import DataOptions
 from ..data.prompts import render_example, resolve_template
 from ..data.records import load_records
@@ -70,6 +71,7 @@ def evaluate_model(
     max_length: int = 512,
     base_model: nn.Module | None = None,
     drift_sets: Mapping[str, Sequence[str]] | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Score a model on records: generation metrics, and the teacher-forced ones.
 
@@ -78,6 +80,8 @@ def evaluate_model(
     several lines. ``loss`` is the mean NLL per target token of the references (training's
     template and masking, max_length); ``drift`` is KL(base_model || model) per token on
     each of drift_sets ({name: texts}, default: general_text's sets of this machine).
+    bf16 computes under bfloat16 autocast (weights stay as they are): about twice as fast
+    on CPUs with AMX and on GPUs.
     Returns {"scores", "signatures", "settings", "generation" (when generating: speed,
     answers that never ended), "drift" (per set, with per-text sums), "samples" (id,
     source, reference, hypothesis when generated, loss and loss_tokens with loss)}.
@@ -104,9 +108,10 @@ def evaluate_model(
         if stop_at_newline is None:
             stop_at_newline = not any("\n" in ref for ref in refs)
         start = time.perf_counter()
-        hyps, counts, ended = _generate(model, tokenizer, [p for p, _ in pairs], batch_size,
-                                        max_new_tokens, no_repeat_ngram_size, stop_at_newline,
-                                        progress)
+        with bf16_compute(model, bf16):
+            hyps, counts, ended = _generate(model, tokenizer, [p for p, _ in pairs],
+                                            batch_size, max_new_tokens, no_repeat_ngram_size,
+                                            stop_at_newline, progress)
         seconds = time.perf_counter() - start
         result = score(hyps, refs, scoring_lang, generating, sources=sources,
                        comet_model=comet_model)
@@ -118,8 +123,10 @@ def evaluate_model(
         for sample, hyp in zip(samples, hyps, strict=True):
             sample["hypothesis"] = hyp
     if "loss" in chosen:
-        loss = target_loss(model, tokenizer, records, task, template, source_lang, target_lang,
-                           max_length=max_length, batch_size=batch_size, progress=progress)
+        with bf16_compute(model, bf16):
+            loss = target_loss(model, tokenizer, records, task, template, source_lang,
+                               target_lang, max_length=max_length, batch_size=batch_size,
+                               progress=progress)
         result["scores"]["loss"] = loss["loss"]
         result["signatures"]["loss"] = (f"mean NLL (nats) per target token of the references, "
                                         f"{loss['tokens']:,} tokens, training's template and "
@@ -130,8 +137,9 @@ def evaluate_model(
     if "drift" in chosen:
         result["drift"] = {}
         for name, texts in drift_sets.items():
-            moved = drift(model, base_model, tokenizer, texts, max_length=max_length,
-                          batch_size=max(1, batch_size // 2), progress=progress)
+            with bf16_compute(model, bf16):
+                moved = drift(model, base_model, tokenizer, texts, max_length=max_length,
+                              batch_size=max(1, batch_size // 2), progress=progress)
             result["scores"][f"drift_{name}"] = moved["kl"]
             result["scores"][f"loss_change_{name}"] = moved["loss_change"]
             result["drift"][name] = {"fingerprint": fingerprint(texts), **moved}
@@ -144,7 +152,7 @@ def evaluate_model(
         "target_lang": scoring_lang, "metrics": chosen, "samples": len(records),
         "batch_size": batch_size, "max_new_tokens": max_new_tokens,
         "no_repeat_ngram_size": no_repeat_ngram_size, "stop_at_newline": stop_at_newline,
-        "decoding": "greedy", "max_length": max_length,
+        "decoding": "greedy", "max_length": max_length, "bf16": bf16,
     }
     result["samples"] = samples
     return result
@@ -186,6 +194,8 @@ class EvalConfig(DataOptions):
     output_file: str | None = option("write hypotheses and scores here as JSON")
     overwrite: bool = option("replace output_file if it exists", False)
     dtype: str | None = option("model dtype: float32, bfloat16, float16 or auto")
+    bf16: bool = option("compute in bfloat16 under autocast, weights kept as loaded: about 2x "
+                        "faster on CPUs with AMX and on GPUs; loss and drift move ~0.1%", False)
     trust_remote_code: bool = option("allow model code from the hub (off for safety)", False)
 
     def __post_init__(self) -> None:
@@ -248,7 +258,7 @@ def run_eval(config: EvalConfig, write: bool = True) -> dict[str, Any]:
                             no_repeat_ngram_size=config.no_repeat_ngram_size,
                             stop_at_newline=config.stop_at_newline,
                             comet_model=config.comet_model, max_length=config.max_length,
-                            base_model=base, drift_sets=drift_sets)
+                            base_model=base, drift_sets=drift_sets, bf16=config.bf16)
     result = {**described, "data": config.data, "split": config.split, **result,
               "config": asdict(config)}
     if config.output_file and write:

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ...core.io import read_json, write_json
+from ...core.precision import bf16_compute
 from ...evaluate.likelihood import drift, target_loss
 
 POINTS_FILE = "points.json"
@@ -26,7 +27,8 @@ class FrontMeasure:
 
     def __init__(self, tokenizer: Any, records: Sequence[Mapping[str, Any]],
                  prompt: Mapping[str, Any], max_length: int, base: Any,
-                 drift_sets: Mapping[str, Sequence[str]], batch_size: int = 16) -> None:
+                 drift_sets: Mapping[str, Sequence[str]], batch_size: int = 16,
+                 bf16: bool = False) -> None:
         self.tokenizer = tokenizer
         self.records = records
         self.prompt = prompt
@@ -34,18 +36,24 @@ class FrontMeasure:
         self.base = base
         self.drift_sets = drift_sets
         self.batch_size = batch_size
+        self.bf16 = bf16
+
+    def test_loss(self, model: Any) -> dict[str, Any]:
+        with bf16_compute(model, self.bf16):
+            return target_loss(model, self.tokenizer, self.records, self.prompt["task"],
+                               self.prompt["template"], self.prompt.get("source_lang"),
+                               self.prompt.get("target_lang"), max_length=self.max_length,
+                               batch_size=self.batch_size)
 
     def __call__(self, model: Any) -> dict[str, Any]:
-        loss = target_loss(model, self.tokenizer, self.records, self.prompt["task"],
-                           self.prompt["template"], self.prompt.get("source_lang"),
-                           self.prompt.get("target_lang"), max_length=self.max_length,
-                           batch_size=self.batch_size)
+        loss = self.test_loss(model)
         point: dict[str, Any] = {"test_loss": loss["loss"],
                                  "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
                                  "drift": {}}
         for name, texts in self.drift_sets.items():
-            moved = drift(model, self.base, self.tokenizer, texts, max_length=self.max_length,
-                          batch_size=max(1, self.batch_size // 2))
+            with bf16_compute(model, self.bf16):
+                moved = drift(model, self.base, self.tokenizer, texts,
+                              max_length=self.max_length, batch_size=max(1, self.batch_size // 2))
             point["drift"][name] = {"kl": moved["kl"], "loss_change": moved["loss_change"],
                                     "kl_sums": moved["kl_sums"], "tokens": moved["token_counts"]}
         return point

@@ -39,7 +39,7 @@ OWNED_TRAIN = {
 }
 # EvalConfig options a comparison may set in its eval: section.
 EVAL_KEYS = ("batch_size", "max_new_tokens", "no_repeat_ngram_size", "stop_at_newline",
-             "metrics", "comet_model", "dtype")
+             "metrics", "comet_model", "dtype", "bf16")
 SWEEP_KEYS = ("values", "steps", "per")
 FRONT_KEYS = ("steps", "drift_data", "generate", "loss_samples")
 CELL_EXTRA_KEYS = ("name", "seeds", "own_sweep", "learning_rates")

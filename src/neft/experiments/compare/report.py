@@ -29,6 +29,15 @@ NAMES = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2
 MARKERS = {"neft": "o", "lora": "s", "random": "v", "full": "*", "ft-inout": "D"}
 
 
+
+def _precision(bf16: object) -> str:
+    """Training's bf16 setting in words (train.bf16: auto, true or false)."""
+    if bf16 in (True, "true"):
+        return "bfloat16 autocast (float32 weights and optimizer)"
+    if bf16 in (False, "false"):
+        return "float32"
+    return "bfloat16 autocast on GPUs that support it, else float32"
+
 def format_lr(value: float | None) -> str:
     """5e-4, 2.5e-4: the way learning rates are written in papers."""
     if value is None:
@@ -171,6 +180,8 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
         f"{sorted({s for c in plan.cells for s in c.seeds})}",
         f"- decoding: greedy, max_new_tokens {plan.eval.get('max_new_tokens', 256)}, "
         f"no_repeat_ngram_size {plan.eval.get('no_repeat_ngram_size', 0)}",
+        f"- compute: training {_precision(first.get('bf16'))}; evaluation "
+        f"{'bfloat16 autocast' if plan.eval.get('bf16') else 'float32'}",
     ]
     swept = [c for c in plan.cells if c.sweep]
     if swept:

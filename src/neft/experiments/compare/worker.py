@@ -30,7 +30,7 @@ from ...data.options import field_map
 from ...data.records import load_records
 from ...data.sources import load_drift_sets
 from ...errors import NeftError
-from ...evaluate import EvalConfig, run_eval, target_loss
+from ...evaluate import EvalConfig, run_eval
 from ...train import (
     METHODS,
     RUN_FILE,
@@ -91,7 +91,8 @@ def front_measure(job: dict[str, Any], model_name: str) -> Any:
     if torch.cuda.is_available():
         base.to("cuda")
     return FrontMeasure(tokenizer, records, values, front["max_length"], base,
-                        load_drift_sets(front["drift_data"]), values.get("batch_size", 16))
+                        load_drift_sets(front["drift_data"]), values.get("batch_size", 16),
+                        bool(values.get("bf16", False)))
 
 
 def point_summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -179,10 +180,7 @@ def run_job(folder: str) -> dict[str, Any]:
         result["dev_loss"] = summary["best_eval_loss"]
     if front is not None and job["kind"] == "base":
         measure = front_measure(job, job["model"])
-        loss = target_loss(measure.base, measure.tokenizer, measure.records, job["eval"]["task"],
-                           job["eval"]["template"], job["eval"].get("source_lang"),
-                           job["eval"].get("target_lang"), max_length=front["max_length"],
-                           batch_size=measure.batch_size)
+        loss = measure.test_loss(measure.base)
         write_json(os.path.join(folder, POINTS_FILE), [{
             "step": 0, "dev_loss": None, "test_loss": loss["loss"],
             "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
