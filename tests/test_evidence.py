@@ -311,6 +311,23 @@ def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(
     assert not compare(values)["ran"]
 
 
+def test_a_fronts_only_grid_generates_nothing(tiny_model_dir, toy_data_dir, tmp_path):
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, test_split="dev", seeds=[1])
+    values["front"]["generate"] = "none"
+    values["methods"] = [{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]},
+                         {"method": "random", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]}]
+    assert not compare(values)["failed"]
+    root = tmp_path / "out"
+    assert not (root / "best").exists()
+    assert not any((root / "cells").glob("*/eval.json"))
+    assert json.loads((root / "cells/base/points.json").read_text())[0]["step"] == 0
+    report = json.loads((root / "compare.json").read_text())
+    measures = {r["measure"] for r in report["fronts"]["verdicts"]}
+    assert measures == {"loss at matched drift", "drift at matched loss"}
+    assert "test split `dev`" in (root / "compare.md").read_text()
+    assert not (root / "compare.png").exists() and (root / "compare-front.png").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"reference": "nope"}, "not a cell"),
     ({"front": None}, "learning_rates traces a front"),

@@ -399,6 +399,8 @@ def build_plan(config: CompareConfig) -> Plan:
         if front is not None:  # its test loss is the fronts' point at drift 0
             base_spec["front"] = {"loss_samples": front["loss_samples"],
                                   "max_length": cells[0].train["max_length"]}
+            if front["generate"] == "none":  # a base without generation scores
+                base_spec["front"]["generate"] = "none"
         runs.append(Run("base", "base", os.path.join("cells", "base"), canonical(base_spec)))
     for cell, seed, lr in _cell_runs(cells):
         spec_lr: dict[str, Any] = {"source": cell.lr_source}
@@ -460,9 +462,9 @@ def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | No
             raise NeftError(f"front.steps {steps}: each must be a positive multiple of "
                             f"train.eval_steps ({eval_steps}), where dev loss is measured")
     generate = front.get("generate", "best")
-    if generate not in ("best", "all"):
-        raise NeftError(f"front.generate must be best (each cell's best-dev-loss run) or all, "
-                        f"not {generate!r}")
+    if generate not in ("best", "all", "none"):
+        raise NeftError(f"front.generate must be best (each cell's best-dev-loss run), all or "
+                        f"none (fronts only, e.g. a screen on dev), not {generate!r}")
     loss_samples = front.get("loss_samples")
     if loss_samples is not None and (not isinstance(loss_samples, int) or loss_samples < 1):
         raise NeftError(f"front.loss_samples must be a positive whole number, not "

@@ -252,8 +252,14 @@ def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
             losses = " · ".join(f"{lr}: {loss:.4f}" if loss is not None else f"{lr}: diverged"
                                 for lr, loss in sweep["dev_loss"].items())
             lines.append(f"| {owner} | {users} | {losses} | {format_lr(sweep['chosen'])} |")
-    lines += ["", f"![quality against trainable parameters]({REPORT_PLOT_FILE})", ""]
+    if scored_by_generation(plan):
+        lines += ["", f"![quality against trainable parameters]({REPORT_PLOT_FILE})", ""]
     return "\n".join(lines)
+
+
+def scored_by_generation(plan: Plan) -> bool:
+    """False for a fronts-only grid (front.generate: none): no quality plot to draw."""
+    return plan.front is None or plan.front["generate"] != "none"
 
 
 def plot(plan: Plan, data: dict[str, Any], path: str) -> None:
@@ -315,7 +321,8 @@ def write_report(plan: Plan) -> str:
         "cells": data["rows"], "base": data["base"], "lr_sweeps": data["sweeps"],
         "runs": data["runs"],
         **({"fronts": front_summary(fronts)} if fronts is not None else {})})
-    plot(plan, data, os.path.join(output_dir, REPORT_PLOT_FILE))
+    if scored_by_generation(plan):
+        plot(plan, data, os.path.join(output_dir, REPORT_PLOT_FILE))
     if fronts is not None:
         plot_fronts(plan, fronts, os.path.join(output_dir, FRONT_PLOT_FILE))
     return path

@@ -194,10 +194,12 @@ def run_job(folder: str) -> dict[str, Any]:
             if name not in KEEP_AFTER_SWEEP:
                 path = os.path.join(output, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    elif front is not None and job["kind"] == "cell" and front["generate"] == "best":
-        # scored by generation later, if it is its cell's best run
+    elif front is not None and job["kind"] == "cell" and front["generate"] in ("best", "none"):
+        # scored by generation later if it is its cell's best run (best), or never (none)
         if not job.get("keep_checkpoints"):
             remove_checkpoints(train_values["output_dir"])
+    elif front is not None and job["kind"] == "base" and front["generate"] == "none":
+        pass  # the base's point (step 0) is all a fronts-only grid needs of it
     else:
         eval_start = time.perf_counter()
         values = dict(job["eval"], output_file=os.path.join(folder, EVAL_FILE),
