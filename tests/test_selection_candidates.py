@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_batch, make_model
 from test_select import examples
 
 from neft import NeftError
@@ -103,3 +103,21 @@ def test_train_passes_its_layer_band_to_the_selection(toy_data_dir):
                          train_file=toy_data_dir)
     chosen = select_for_training(make_model("llama"), config, dataset=None)
     assert chosen.num_neurons() == 5 and all(".layers.1." in m for m in chosen.modules())
+
+
+def test_below_a_band_backward_stops_and_bench_draws_inside_it():
+    from neft.experiments.bench import BenchConfig, plan, prepare
+
+    model = make_model("llama")
+    model, trainable = prepare(model, "neft", 9, 0, 0, layers="upper:1")
+    moving = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == 9 * 16 and moving and all(".layers.1." in n for n in moving)
+    reached = []
+    for index, block in enumerate(model.model.layers):
+        block.register_full_backward_hook(lambda *_, i=index: reached.append(i))
+    ids = make_batch()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert reached == [1]  # nothing below the band needs a gradient
+    with pytest.raises(NeftError, match="fewer than the budget"):
+        plan(BenchConfig(model="tiny-random", modes="neft", budgets="300", sweep="",
+                         layers="upper:1"))

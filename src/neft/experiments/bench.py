@@ -49,7 +49,7 @@ from ..core.neuron_set import neuron_set_from_groups
 from ..core.neurons import PAPER_POOL, count_parameters, find_neuron_groups, pool_size
 from ..errors import NeftError
 from ..select import ScoreInput, get_scorer
-from ..select.budget import choose, linear_shapes, lora_parameters
+from ..select.budget import band_groups, choose, linear_shapes, lora_parameters
 from ..train import METHODS, MethodSpec, get_method
 
 NEFT_MODES = ("neft", "neft-separate", "neft-mask")
@@ -112,6 +112,8 @@ class BenchConfig:
     threads: int = option("torch threads (CPU)", 2)
     gradient_checkpointing: bool = option("checkpoint every block, in every mode", False)
     autocast: str | None = option("run forward/backward under torch.autocast in this dtype")
+    layers: str | None = option("draw the neuron modes' neurons only from these blocks (a "
+                                "layer band: 'upper:15', '15-29'): below it backward stops")
     seed: int = option("seed of the data, the neurons and the weights", 0)
     output_dir: str = option("where <name>.json, .md and .png go", "outputs/bench")
     name: str | None = option("file name stem (default speed_<device>)")
@@ -202,17 +204,21 @@ def resolve(budget: str, model: nn.Module) -> tuple[int, int]:
     return neurons, max(1, round(neurons * neuron_params / per_rank))
 
 
-def random_neurons(model: nn.Module, count: int, seed: int) -> Any:
-    """``count`` neurons drawn uniformly from the whole candidate pool (seeded): select's
-    random scorer and its top-``count`` choice, without fingerprinting the model."""
+def random_neurons(model: nn.Module, count: int, seed: int, layers: str | None = None) -> Any:
+    """``count`` neurons drawn uniformly from the candidate pool (seeded; only the blocks
+    ``layers`` names, when given): select's random scorer and its top-``count`` choice,
+    without fingerprinting the model."""
     groups = find_neuron_groups(model)
     scores, _ = get_scorer("random").fn(ScoreInput(model, groups, model, seed))
-    chosen = choose(groups, scores, count, None)
-    return neuron_set_from_groups(groups, chosen, {"scorer": "random", "seed": seed})
+    keep = band_groups(groups, layers, count)
+    picked = choose([groups[i] for i in keep], [scores[i] for i in keep], count, None)
+    chosen = {keep[j]: indices for j, indices in picked.items()}
+    return neuron_set_from_groups(groups, chosen, {"scorer": "random", "seed": seed,
+                                                   **({"layers": layers} if layers else {})})
 
 
-def prepare(model: nn.Module, mode: str, neurons: int, lora_rank: int, seed: int
-            ) -> tuple[nn.Module, int]:
+def prepare(model: nn.Module, mode: str, neurons: int, lora_rank: int, seed: int,
+            layers: str | None = None) -> tuple[nn.Module, int]:
     """(the model to train, its trainable parameters as the method counts them). Every mode
     but floor (nothing trainable) and the neft variants is set up by neft.train's method
     registry, as `neft train` does; neuron methods get ``neurons`` random neurons."""
@@ -221,7 +227,7 @@ def prepare(model: nn.Module, mode: str, neurons: int, lora_rank: int, seed: int
     if mode == "floor":
         return model, 0
     method = get_method("neft" if mode.startswith("neft") else mode)
-    selection = (random_neurons(model, neurons, seed)
+    selection = (random_neurons(model, neurons, seed, layers)
                  if method.budget in ("neurons", "parameters") else None)
     spec = MethodSpec(neurons=selection if method.selects_neurons else None,
                       budget_parameters=None if selection is None else selection.num_parameters(),
@@ -321,7 +327,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_model(spec["model"], dtype, spec["device"])
     total = count_parameters(model)
     mode = spec["mode"]
-    model, trainable = prepare(model, mode, spec["neurons"], spec["lora_rank"], spec["seed"])
+    model, trainable = prepare(model, mode, spec["neurons"], spec["lora_rank"], spec["seed"],
+                               spec.get("layers"))
     if spec["gradient_checkpointing"]:
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -380,7 +387,7 @@ def plan(config: BenchConfig) -> list[dict[str, Any]]:
         "warmup_steps": config.warmup_steps, "steps": config.steps,
         "learning_rate": config.learning_rate, "threads": config.threads,
         "gradient_checkpointing": bool(config.gradient_checkpointing),
-        "autocast": config.autocast, "seed": config.seed,
+        "autocast": config.autocast, "seed": config.seed, "layers": config.layers,
         "budget": None, "budget_neurons": 0, "neurons": 0, "lora_rank": 0,
     }
     budget_free = [{**common, "mode": m} for m in modes if m not in BUDGET_MODES + ("floor",)]
@@ -390,6 +397,7 @@ def plan(config: BenchConfig) -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = []
     for budget in budgets:
         neurons, rank = resolve(budget, skeleton)
+        band_groups(find_neuron_groups(skeleton), config.layers, neurons)  # fails before runs
         at_budget = {**common, "budget": budget, "budget_neurons": neurons, "lora_rank": rank}
         specs += [{**at_budget, "mode": m, "neurons": 0 if m == "floor" else neurons}
                   for m in modes if m in BUDGET_MODES + ("floor",)]

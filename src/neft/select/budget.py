@@ -188,3 +188,18 @@ def parse_layers(text: str, available: Sequence[int]) -> list[int]:
         raise NeftError(f"layers {text!r}: the model's blocks are {present[0]}-{present[-1]}; "
                         f"{missing[0] if missing else 'none'} is not one of them")
     return sorted(set(chosen))
+
+
+def band_groups(groups: Sequence[NeuronGroup], layers: str | None, count: int) -> list[int]:
+    """Indices of the groups inside the blocks ``layers`` names (all when None); a band
+    that holds fewer than ``count`` candidate neurons is refused."""
+    if layers is None:
+        return list(range(len(groups)))
+    band = set(parse_layers(layers, [g.layer for g in groups]))
+    keep = [i for i, g in enumerate(groups) if g.layer in band]
+    pool = sum(groups[i].count for i in keep)
+    if count > pool:
+        raise NeftError(f"layers {layers!r} hold {pool:,} candidate neurons, fewer than the "
+                        f"budget's {count:,}: widen the band or lower the budget")
+    return keep
+

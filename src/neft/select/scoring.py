@@ -32,6 +32,7 @@ from . import scorers as _scorers  # noqa: F401 - registers cosine, random, magn
 from .budget import (
     QUOTAS,
     Budget,
+    band_groups,
     choose,
     linear_shapes,
     lora_parameters,
@@ -71,15 +72,7 @@ class NeuronScores:
                layers: str | None = None) -> NeuronSet:
         """The budget's best neurons; ``layers`` (see budget.parse_layers) keeps the
         selection to a band of blocks, the budget unchanged."""
-        keep = list(range(len(self.groups)))
-        if layers is not None:
-            band = set(parse_layers(layers, [g.layer for g in self.groups]))
-            keep = [i for i, g in enumerate(self.groups) if g.layer in band]
-            pool = sum(self.groups[i].count for i in keep)
-            if budget.neurons > pool:
-                raise NeftError(f"layers {layers!r} hold {pool:,} candidate neurons, fewer "
-                                f"than the budget's {budget.neurons:,}: widen the band or "
-                                "lower the budget")
+        keep = band_groups(self.groups, layers, budget.neurons)
         picked = choose([self.groups[i] for i in keep], [self.scores[i] for i in keep],
                         budget.neurons, quota)
         chosen = {keep[j]: indices for j, indices in picked.items()}
