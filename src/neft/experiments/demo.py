@@ -2,8 +2,9 @@
 
 SmolLM2-135M-Instruct (shipped in a PyPI package) learns English->German software
 messages harvested from this machine's gettext catalogs. Neurons are chosen with the
-cheap gradient scorer at LoRA r8's parameter count; NeFT and LoRA r8 train on the same
-data for the same steps; base, NeFT and LoRA are scored on held-out messages.
+default scorer (select.registry.DEFAULT_SCORER) at LoRA r8's parameter count; NeFT and
+LoRA r8 train on the same data for the same steps; base, NeFT and LoRA are scored on
+held-out messages.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..data.records import load_records, write_jsonl
 from ..data.sources import harvest_gettext
 from ..errors import NeftError
 from ..evaluate import evaluate_model, load_for_eval
+from ..select.registry import DEFAULT_SCORER
 from ..train import TrainConfig, train
 
 
@@ -38,7 +40,7 @@ class DemoConfig:
     neft_learning_rate: float = 5e-4  # NeFT deltas want a higher lr than LoRA (design.md)
     lora_learning_rate: float = 2e-4
     lora_r: int = 8
-    scorer: str = "gradient"
+    scorer: str = DEFAULT_SCORER
     seed: int = 1234
     overwrite: bool = False  # replace an earlier demo's report in output_dir
 

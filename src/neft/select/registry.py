@@ -28,6 +28,9 @@ from ..errors import NeftError
 from .weights import WeightSource
 
 Scores = tuple[list[torch.Tensor], dict[str, Any]]
+# The scorer of `neft select`, `neft train`, `neft demo` and select_neurons when none is
+# named: one default everywhere (issue 19 decides which, from the dev screen).
+DEFAULT_SCORER = "fast-probe"
 DATA_WITHOUT_REFERENCE = "without reference"
 
 

@@ -40,7 +40,7 @@ from .budget import (
     resolve_budget,
 )
 from .datadriven import prepare_examples
-from .registry import ScoreInput, check_scorer_options, get_scorer
+from .registry import DEFAULT_SCORER, ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class NeuronScores:
 
 def select_neurons(
     model: nn.Module | str,
-    scorer: str = "cosine",
+    scorer: str = DEFAULT_SCORER,
     *,
     neurons: int | None = None,
     percent: float | None = None,
@@ -127,7 +127,7 @@ def select_neurons(
 
 def score_neurons(
     model: nn.Module | str,
-    scorer: str = "cosine",
+    scorer: str = DEFAULT_SCORER,
     *,
     reference: WeightSource | None = None,
     data: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,

@@ -12,7 +12,7 @@ from ..core.model import MODES
 from ..data.options import DataOptions
 from ..errors import NeftError
 from ..select import SCORERS
-from ..select.registry import check_scorer_options
+from ..select.registry import DEFAULT_SCORER, check_scorer_options
 from .methods import METHODS
 
 
@@ -35,7 +35,7 @@ class TrainConfig(DataOptions):
     max_length: int = option("tokens per example (prompt is cut first, never the target)", 256)
     # neurons
     neurons: str | None = option("NeuronSet file (from `neft select`) for method neft")
-    scorer: str = option("scorer when selecting on the fly (no --neurons)", "fast-probe")
+    scorer: str = option("scorer when selecting on the fly (no --neurons)", DEFAULT_SCORER)
     scorer_options: dict | None = option("the scorer's own settings, e.g. steps=40,"
                                          "learning_rate=1e-4 (names: neft select --help)")
     select_layers: str | None = option("select neurons only in these blocks: A-B, 3,5,7, "

@@ -23,6 +23,7 @@ from ...select import (
     transfer_set,
     union_sets,
 )
+from ...select.registry import DEFAULT_SCORER
 
 
 def _target_modules(text: str) -> dict[str, str]:
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "a set to another model with the same shapes.")
     parser.add_argument("--output", required=True, help="NeuronSet file to write (.safetensors)")
     parser.add_argument("--model", help="model name or path (smollm2-135m = the embedded one)")
-    parser.add_argument("--scorer", choices=list(SCORERS), default="cosine",
+    parser.add_argument("--scorer", choices=list(SCORERS), default=DEFAULT_SCORER,
                         help="; ".join(f"{s.name}: {s.help}" if s.help else s.name
                                        for s in SCORERS.values()).replace("%", "%%"))
     budget = parser.add_argument_group("budget (exactly one)")
