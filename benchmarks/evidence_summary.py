@@ -63,7 +63,8 @@ def collect(grid: str, results: str) -> list[str]:
         at = row.get("at")
         lines.append(f"| {row['reference']} | {row['other']} | {row['measure']} | "
                      f"{row.get('drift_set', '-')} | "
-                     f"{'-' if at is None else f'{at:.4f}'} | {row['delta']:+.4f} | {span} | "
+                     f"{'-' if at is None else f'{at:.4f}'} | "
+                     f"{'-' if row['delta'] is None else format(row['delta'], '+.4f')} | {span} | "
                      f"{row['verdict']} |")
     return lines + [""]
 

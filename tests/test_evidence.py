@@ -251,6 +251,27 @@ def test_envelope_and_interpolation():
     assert math.isnan(drift_at(front, 1.9))  # never reached
 
 
+def test_a_front_that_never_reaches_the_loss_gives_a_verdict_and_strict_json():
+    from neft.experiments.compare.verdicts import Fronts
+
+    fronts = Fronts.__new__(Fronts)
+    fronts.name = "toy"
+    samples = 5
+    loss = np.full(samples, 2.0)
+    fronts.cells = {
+        "a": {"xs": np.array([[0.0] * samples, [0.1] * samples]),
+              "ys": np.array([[3.0] * samples, loss]),
+              "standard": {"loss": loss, "drift": np.full(samples, 0.1), "loss_std": None,
+                           "drift_std": None, "n": 1}},
+        "b": {"xs": np.array([[0.0] * samples, [0.05] * samples]),
+              "ys": np.array([[3.0] * samples, [2.5] * samples]),  # never as low as 2.0
+              "standard": {"loss_std": None, "drift_std": None}}}
+    rows = fronts.compare("a", "b")
+    reached = next(r for r in rows if r["measure"] == "drift at matched loss")
+    assert reached["delta"] is None and reached["verdict"].startswith("better")
+    json.dumps(rows, allow_nan=False)  # compare.json stays strict JSON
+
+
 def front_grid(tiny_model_dir, toy_data_dir, tmp_path, **options) -> dict:
     drift_file = tmp_path / "toy.jsonl"
     drift_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))

@@ -20,6 +20,7 @@ from ..bench import machine
 from .plan import Plan
 from .results import current
 from .verdicts import RESAMPLES, verdicts
+from .worker import finite
 
 MARKDOWN_FILE = "compare.md"
 JSON_FILE = "compare.json"
@@ -315,12 +316,12 @@ def write_report(plan: Plan) -> str:
     path = os.path.join(output_dir, MARKDOWN_FILE)
     with atomic_text(path) as handle:
         handle.write(text)
-    write_json(os.path.join(output_dir, JSON_FILE), {
+    write_json(os.path.join(output_dir, JSON_FILE), finite({
         "created": made["written"], "command": made["command"], "machine": made["machine"],
         "config": dataclasses.asdict(plan.config), "metrics": plan.metrics,
         "cells": data["rows"], "base": data["base"], "lr_sweeps": data["sweeps"],
         "runs": data["runs"],
-        **({"fronts": front_summary(fronts)} if fronts is not None else {})})
+        **({"fronts": front_summary(fronts)} if fronts is not None else {})}))
     if scored_by_generation(plan):
         plot(plan, data, os.path.join(output_dir, REPORT_PLOT_FILE))
     if fronts is not None:
@@ -331,6 +332,11 @@ def write_report(plan: Plan) -> str:
 # ----------------------------------------------------------------------------- fronts
 
 FRONT_PLOT_FILE = "compare-front.png"
+
+
+def _signed(value: float | None, digits: int) -> str:
+    """A delta, or '-' where none exists (the other front never reaches the loss)."""
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
@@ -408,7 +414,7 @@ def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
             measure = row["measure"] if "drift_set" in row else NAMES.get(row["measure"],
                                                                           row["measure"])
             lines.append(f"| {row['other']} | {measure} | {row.get('drift_set', '-')} | {at} | "
-                         f"{row['delta']:+.{digits}f} | {interval} | {row['verdict']} |")
+                         f"{_signed(row['delta'], digits)} | {interval} | {row['verdict']} |")
     lines += ["", f"![test loss against drift]({FRONT_PLOT_FILE})", "",
               "<details><summary>every point</summary>", "",
               "| cell | lr | seed | step | dev loss | test loss | "

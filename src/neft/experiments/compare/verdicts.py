@@ -215,7 +215,8 @@ class Fronts:
             entry = {"reference": reference, "other": other, "drift_set": self.name,
                      "measure": kind, "at": float(standard["drift"][0] if kind.startswith(
                          "loss") else standard["loss"][0]),
-                     "delta": delta, "seed_variance": seed_var,
+                     "delta": delta if math.isfinite(delta) else None,
+                     "seed_variance": seed_var,
                      "seed_variance_borrowed": b["standard"][key] is None,
                      "reached": float(np.isfinite(deltas[1:]).mean())}
             if math.isfinite(delta) and len(finite) > 1:
