@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -310,18 +310,16 @@ def score_gradient(inp: ScoreInput) -> Scores:
     gathered after each backward, one matrix at a time, and every rank gets the scores.
     """
     settings = scorer_settings(inp, "gradient")
-    groups = inp.groups
     sums, squares, steps = _gradient_sums(inp, settings, "gradient")
-    modules = by_module(groups)
-    scores = [torch.empty(0)] * len(groups)
-    for module, weight in logical_matrices(inp.model, inp.model, list(modules)):
-        for i in modules[module]:
-            size = groups[i].neuron_params
-            mean = sums[i].double() / steps
-            mean_square = (squares[i] / steps).clamp_min(torch.finfo(torch.float64).tiny)
-            snr = size * (mean.pow(2).sum(dim=1) / mean_square - 1 / steps).clamp_min(0)
-            norm = neuron_vectors(weight, groups[i]).double().norm(dim=1).cpu()
-            scores[i] = (DRIFT_STEPS * snr + size).sqrt() / norm
+
+    def turn(i: int, vectors: torch.Tensor) -> torch.Tensor:
+        size = inp.groups[i].neuron_params
+        mean = sums[i].double() / steps
+        mean_square = (squares[i] / steps).clamp_min(torch.finfo(torch.float64).tiny)
+        snr = size * (mean.pow(2).sum(dim=1) / mean_square - 1 / steps).clamp_min(0)
+        return (DRIFT_STEPS * snr + size).sqrt() / vectors.norm(dim=1)
+
+    scores = _per_neuron(inp, turn)
     settings.update(drift_steps=DRIFT_STEPS, selects="largest predicted Adam turn")
     return scores, settings
 
@@ -331,16 +329,23 @@ def score_snip(inp: ScoreInput) -> Scores:
     connection sensitivity; for a row neuron it is the first-order loss change of zeroing
     it, summed per weight). Norm and gradient both count, not the norm alone."""
     settings = scorer_settings(inp, "snip")
-    groups = inp.groups
     sums, _, steps = _gradient_sums(inp, settings, "snip")
-    modules = by_module(groups)
-    scores = [torch.empty(0)] * len(groups)
-    for module, weight in logical_matrices(inp.model, inp.model, list(modules)):
-        for i in modules[module]:
-            vectors = neuron_vectors(weight, groups[i]).double().cpu()
-            scores[i] = (vectors * (sums[i].double() / steps)).abs().sum(dim=1)
+    scores = _per_neuron(inp, lambda i, vectors: (vectors * (sums[i].double() / steps))
+                         .abs().sum(dim=1))
     settings.update(selects="largest |w x mean gradient| (SNIP)")
     return scores, settings
+
+
+def _per_neuron(inp: ScoreInput, score: Callable[[int, torch.Tensor], torch.Tensor]
+                ) -> list[torch.Tensor]:
+    """score(group index, its neurons' weight vectors in float64 on the CPU) per group,
+    reading each candidate matrix once (gathered when sharded)."""
+    modules = by_module(inp.groups)
+    scores = [torch.empty(0)] * len(inp.groups)
+    for module, weight in logical_matrices(inp.model, inp.model, list(modules)):
+        for i in modules[module]:
+            scores[i] = score(i, neuron_vectors(weight, inp.groups[i]).double().cpu())
+    return scores
 
 
 def _gradient_sums(inp: ScoreInput, settings: dict[str, Any], desc: str
