@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.loading import check_length
+from ..core.precision import bf16_compute
 from ..data.tokenize import IGNORE_INDEX, DataCollator, build_dataset, encode_prompt
 from ..errors import NeftError
 
@@ -89,11 +90,13 @@ def target_loss(
     max_length: int = 512,
     batch_size: int = 16,
     progress: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Mean NLL per target token over all records, and each record's (nats, tokens).
 
     Returns {"loss", "tokens", "nll": [per record sum], "token_counts": [per record]}.
-    A record whose target was cut away entirely by max_length counts 0 tokens.
+    A record whose target was cut away entirely by max_length counts 0 tokens. bf16: the
+    forward passes run under bfloat16 autocast (core.precision).
     """
     if not records:
         raise NeftError("no records to compute a loss on")
@@ -106,7 +109,8 @@ def target_loss(
     lengths = [len(example["input_ids"]) for example in dataset.examples]
     check_length(model, max(lengths), f"the longest example (max_length {max_length})",
                  "pass --max_length {room} or less")
-    with _EvalMode(model), tqdm(total=len(dataset), desc="test loss", unit="ex",
+    with _EvalMode(model), bf16_compute(model, bf16), tqdm(
+            total=len(dataset), desc="test loss", unit="ex",
                                 disable=not progress, file=sys.stderr) as bar:
         for batch in _batches(lengths, batch_size):
             inputs = {k: v.to(device) for k, v in collate([dataset[i] for i in batch]).items()}
@@ -149,11 +153,13 @@ def drift(
     max_length: int = 512,
     batch_size: int = 8,
     progress: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """KL(base || tuned) per predicted token on texts, and the loss of each model there.
 
     Returns {"kl", "loss_base", "loss_tuned", "loss_change" (tuned - base), "tokens",
-    "kl_sums", "nll_base", "nll_tuned", "token_counts"} (per text sums in nats).
+    "kl_sums", "nll_base", "nll_tuned", "token_counts"} (per text sums in nats). bf16: both
+    models' forward passes run under bfloat16 autocast (core.precision).
     """
     if not texts:
         raise NeftError("no general text to measure drift on")
@@ -168,7 +174,8 @@ def drift(
     nll_base = [0.0] * len(texts)
     nll_tuned = [0.0] * len(texts)
     counts = [0] * len(texts)
-    with _EvalMode(model, base), tqdm(total=len(windows), desc="drift", unit="win",
+    with _EvalMode(model, base), bf16_compute(model, bf16), tqdm(
+            total=len(windows), desc="drift", unit="win",
                                       disable=not progress, file=sys.stderr) as bar:
         for batch in _batches([len(ids) for _, ids in windows], batch_size):
             width = max(len(windows[i][1]) for i in batch)

@@ -123,10 +123,9 @@ def evaluate_model(
         for sample, hyp in zip(samples, hyps, strict=True):
             sample["hypothesis"] = hyp
     if "loss" in chosen:
-        with bf16_compute(model, bf16):
-            loss = target_loss(model, tokenizer, records, task, template, source_lang,
-                               target_lang, max_length=max_length, batch_size=batch_size,
-                               progress=progress)
+        loss = target_loss(model, tokenizer, records, task, template, source_lang, target_lang,
+                           max_length=max_length, batch_size=batch_size, progress=progress,
+                           bf16=bf16)
         result["scores"]["loss"] = loss["loss"]
         result["signatures"]["loss"] = (f"mean NLL (nats) per target token of the references, "
                                         f"{loss['tokens']:,} tokens, training's template and "
@@ -137,9 +136,8 @@ def evaluate_model(
     if "drift" in chosen:
         result["drift"] = {}
         for name, texts in drift_sets.items():
-            with bf16_compute(model, bf16):
-                moved = drift(model, base_model, tokenizer, texts, max_length=max_length,
-                              batch_size=max(1, batch_size // 2), progress=progress)
+            moved = drift(model, base_model, tokenizer, texts, max_length=max_length,
+                          batch_size=max(1, batch_size // 2), progress=progress, bf16=bf16)
             result["scores"][f"drift_{name}"] = moved["kl"]
             result["scores"][f"loss_change_{name}"] = moved["loss_change"]
             result["drift"][name] = {"fingerprint": fingerprint(texts), **moved}

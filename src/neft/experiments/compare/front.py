@@ -16,7 +16,6 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ...core.io import read_json, write_json
-from ...core.precision import bf16_compute
 from ...evaluate.likelihood import drift, target_loss
 
 POINTS_FILE = "points.json"
@@ -39,11 +38,10 @@ class FrontMeasure:
         self.bf16 = bf16
 
     def test_loss(self, model: Any) -> dict[str, Any]:
-        with bf16_compute(model, self.bf16):
-            return target_loss(model, self.tokenizer, self.records, self.prompt["task"],
-                               self.prompt["template"], self.prompt.get("source_lang"),
-                               self.prompt.get("target_lang"), max_length=self.max_length,
-                               batch_size=self.batch_size)
+        return target_loss(model, self.tokenizer, self.records, self.prompt["task"],
+                           self.prompt["template"], self.prompt.get("source_lang"),
+                           self.prompt.get("target_lang"), max_length=self.max_length,
+                           batch_size=self.batch_size, bf16=self.bf16)
 
     def __call__(self, model: Any) -> dict[str, Any]:
         loss = self.test_loss(model)
@@ -51,9 +49,8 @@ class FrontMeasure:
                                  "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
                                  "drift": {}}
         for name, texts in self.drift_sets.items():
-            with bf16_compute(model, self.bf16):
-                moved = drift(model, self.base, self.tokenizer, texts,
-                              max_length=self.max_length, batch_size=max(1, self.batch_size // 2))
+            moved = drift(model, self.base, self.tokenizer, texts, max_length=self.max_length,
+                          batch_size=max(1, self.batch_size // 2), bf16=self.bf16)
             point["drift"][name] = {"kl": moved["kl"], "loss_change": moved["loss_change"],
                                     "kl_sums": moved["kl_sums"], "tokens": moved["token_counts"]}
         return point
