@@ -366,3 +366,22 @@ def test_bad_front_configs_fail_before_any_run(tiny_model_dir, toy_data_dir, tmp
     with pytest.raises(NeftError, match=message):
         build_plan(from_dict(CompareConfig, values))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_verdict_glance_puts_each_cells_verdicts_on_one_line():
+    from neft.experiments.compare.report import verdict_glance
+
+    rows = [
+        {"other": "lora", "measure": "loss at matched drift", "drift_set": "a", "delta": -0.3,
+         "verdict": "better", "seed_variance": 0.0},
+        {"other": "lora", "measure": "drift at matched loss", "drift_set": "a", "delta": None,
+         "verdict": "better (the other front never reaches this loss)", "seed_variance": 0.01},
+        {"other": "lora", "measure": "bleu", "delta": 1.5, "verdict": "not resolved"},
+        {"other": "full", "measure": "loss at matched drift", "drift_set": "a", "delta": 0.2,
+         "verdict": "worse", "seed_variance": 0.01}]
+    lines = verdict_glance(rows, ["a"])
+    assert lines[2] == "| other | loss at matched drift, a | drift at matched loss, a | BLEU |"
+    assert lines[4] == ("| lora | better (-0.3000) † | better (never reached) | "
+                        "not resolved (+1.50) |")
+    assert lines[5] == "| full | worse (+0.2000) | - | - |"
+    assert "record bootstrap only" in lines[-1]

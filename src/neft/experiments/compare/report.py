@@ -372,6 +372,35 @@ def front_summary(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _glance_cell(row: dict[str, Any], digits: int) -> str:
+    mark = " †" if "drift_set" in row and not row.get("seed_variance") else ""
+    delta = "never reached" if row["delta"] is None else _signed(row["delta"], digits)
+    return f"{row['verdict'].split(' (')[0]} ({delta}){mark}"
+
+
+def verdict_glance(rows: list[dict[str, Any]], sets: list[str]) -> list[str]:
+    """One line per other cell, one column per measure (and drift set): the verdicts that
+    answer "better than X?" side by side, before the table that gives their intervals."""
+    columns: list[tuple[str, str | None]] = [
+        (measure, name) for measure in ("loss at matched drift", "drift at matched loss")
+        for name in sets]
+    columns += list(dict.fromkeys((r["measure"], None) for r in rows if "drift_set" not in r))
+    table: dict[str, dict[tuple[str, str | None], str]] = {}
+    for row in rows:
+        front = "drift_set" in row
+        key = (row["measure"], row["drift_set"] if front else None)
+        table.setdefault(row["other"], {})[key] = _glance_cell(row, 4 if front else 2)
+    header = [f"{m}, {n}" if n else NAMES.get(m, m) for m, n in columns]
+    lines = ["At a glance (verdict, and delta in brackets):", "",
+             "| other | " + " | ".join(header) + " |", "|---|" + "---|" * len(columns)]
+    for other, cells in table.items():
+        lines.append(f"| {other} | " + " | ".join(cells.get(c, "-") for c in columns) + " |")
+    if any("drift_set" in r and not r.get("seed_variance") for r in rows):
+        lines += ["", "†: both standard points have one seed, so the interval counts the "
+                  "record bootstrap only; the seed spread would widen it."]
+    return lines
+
+
 def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
     sets = result["sets"]
     first = result["fronts"][sets[0]]
@@ -400,6 +429,7 @@ def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
     rows = result["rows"]
     if rows:
         lines += ["", f"### Verdicts: {plan.reference} against each cell", "",
+                  *verdict_glance(rows, sets), "",
                   "Delta is the reference minus the other cell: lower is better for loss and "
                   "drift, higher for generation scores. 95% interval: paired bootstrap over "
                   f"records ({RESAMPLES:,} resamples) plus the seed variance of the standard "
