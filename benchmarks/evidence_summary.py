@@ -1,6 +1,6 @@
-"""Collect the evidence and selection grids into benchmarks/results: each grid's compare.md,
-.json and plots under the grid's name, and evidence_summary.md with every grid's progress
-and verdicts side by side (the numbers exactly as each grid's compare.json has them).
+"""Collect the evidence and selection grids into benchmarks/results: each grid's report
+(compare.md, .json and plots, rendered from the grid's runs by this tree's code) under the
+grid's name, and evidence_summary.md with every grid's progress and verdicts side by side.
 
     .venv/bin/python benchmarks/evidence_summary.py WT/outputs/compare/evidence-en-de ...
 
@@ -13,10 +13,12 @@ import argparse
 import datetime
 import os
 import shutil
+import tempfile
 
 from neft.config import from_dict
 from neft.core.io import atomic_text, read_json
 from neft.experiments.compare.plan import CompareConfig, build_plan
+from neft.experiments.compare.report import verdict_glance, write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES = {"compare.md": ".md", "compare.json": ".json", "compare.png": ".png",
@@ -29,22 +31,29 @@ def planned_runs(config: dict) -> int:
 
 
 def collect(grid: str, results: str) -> list[str]:
+    """Render the grid's report with this tree's code (the grid's own folder untouched) and
+    file it under the grid's name; the summary lines for it."""
     name = os.path.basename(os.path.normpath(grid))
-    report = read_json(os.path.join(grid, "compare.json"))
-    for source, suffix in FILES.items():
-        path = os.path.join(grid, source)
-        if not os.path.isfile(path):
-            continue
-        target = os.path.join(results, name + suffix)
-        if source == "compare.md":
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            text = text.replace("(compare-front.png)", f"({name}-front.png)")
-            text = text.replace("(compare.png)", f"({name}.png)")
-            with atomic_text(target) as handle:
-                handle.write(text)
-        else:
-            shutil.copyfile(path, target)
+    written = read_json(os.path.join(grid, "compare.json"))
+    plan = build_plan(from_dict(CompareConfig, {**written["config"], "output_dir": grid}))
+    with tempfile.TemporaryDirectory() as rendered:
+        write_report(plan, into=rendered, command=f"{written['command']}; rendered by "
+                     "benchmarks/evidence_summary.py")
+        report = read_json(os.path.join(rendered, "compare.json"))
+        for source, suffix in FILES.items():
+            path = os.path.join(rendered, source)
+            if not os.path.isfile(path):
+                continue
+            target = os.path.join(results, name + suffix)
+            if source == "compare.md":
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                text = text.replace("(compare-front.png)", f"({name}-front.png)")
+                text = text.replace("(compare.png)", f"({name}.png)")
+                with atomic_text(target) as handle:
+                    handle.write(text)
+            else:
+                shutil.copyfile(path, target)
     done = len([r for r in report["runs"] if r.get("kind") in ("base", "cell")])
     planned = planned_runs(report["config"])
     lines = [f"## {name}", "",
@@ -55,18 +64,10 @@ def collect(grid: str, results: str) -> list[str]:
     rows = (report.get("fronts") or {}).get("verdicts") or []
     if not rows:
         return lines + ["No verdicts yet.", ""]
-    lines += ["| reference | other | measure | drift set | at | delta | 95% interval | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        interval = row.get("interval")
-        span = f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "-"
-        at = row.get("at")
-        lines.append(f"| {row['reference']} | {row['other']} | {row['measure']} | "
-                     f"{row.get('drift_set', '-')} | "
-                     f"{'-' if at is None else f'{at:.4f}'} | "
-                     f"{'-' if row['delta'] is None else format(row['delta'], '+.4f')} | {span} | "
-                     f"{row['verdict']} |")
-    return lines + [""]
+    reference = rows[0]["reference"]
+    sets = (report.get("fronts") or {}).get("drift_sets") or []
+    return lines + [f"Against {reference}; the intervals are in [{name}.md]({name}.md).", "",
+                    *verdict_glance(rows, sets), ""]
 
 
 def main() -> None:

@@ -193,12 +193,12 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def provenance() -> dict[str, Any]:
+def provenance(command: str | None = None) -> dict[str, Any]:
     """When, by which command and on what machine the table was written (its runs may be
     older: each run's own time is in its result.json)."""
 
     return {"written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["neft", *sys.argv[1:]]), "machine": machine()}
+            "command": command or " ".join(["neft", *sys.argv[1:]]), "machine": machine()}
 
 
 def markdown(plan: Plan, data: dict[str, Any], made: dict[str, Any]) -> str:
@@ -303,12 +303,14 @@ def plot(plan: Plan, data: dict[str, Any], path: str) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def write_report(plan: Plan) -> str:
+def write_report(plan: Plan, into: str | None = None, command: str | None = None) -> str:
     """Write compare.md, compare.json and compare.png from the finished runs; returns the
-    markdown path. Called after every run, so a stopped grid still has its table."""
-    output_dir = plan.config.output_dir
+    markdown path. Called after every run, so a stopped grid still has its table. into and
+    command: another folder, and the command named in it (a results page that renders a
+    grid which is still running)."""
+    output_dir = into or plan.config.output_dir
     data = collect(plan)
-    made = provenance()
+    made = provenance(command)
     text = markdown(plan, data, made)
     fronts = verdicts(plan)
     if fronts is not None:
