@@ -256,6 +256,7 @@ def test_a_front_that_never_reaches_the_loss_gives_a_verdict_and_strict_json():
 
     fronts = Fronts.__new__(Fronts)
     fronts.name = "toy"
+    fronts.base = None
     samples = 5
     loss = np.full(samples, 2.0)
     fronts.cells = {
@@ -385,3 +386,29 @@ def test_the_verdict_glance_puts_each_cells_verdicts_on_one_line():
                         "not resolved (+1.50) |")
     assert lines[5] == "| full | worse (+0.2000) | - | - |"
     assert "record bootstrap only" in lines[-1]
+
+
+def test_verdicts_say_when_they_rest_on_the_line_from_the_base_or_past_the_front():
+    from neft.experiments.compare.verdicts import Fronts
+
+    def fronts_with(drift: float, loss: float) -> list[dict]:
+        fronts = Fronts.__new__(Fronts)
+        fronts.name, fronts.base, samples = "toy", {"test_loss": 3.0}, 3
+        fronts.cells = {
+            "a": {"xs": np.array([[0.0] * samples, [drift] * samples]),
+                  "ys": np.array([[3.0] * samples, [loss] * samples]),
+                  "standard": {"loss": np.full(samples, loss), "drift": np.full(samples, drift),
+                               "loss_std": 0.01, "drift_std": 0.01, "n": 3}},
+            "b": {"xs": np.array([[0.0] * samples, [0.3] * samples, [0.5] * samples]),
+                  "ys": np.array([[3.0] * samples, [2.4] * samples, [2.2] * samples]),
+                  "standard": {"loss_std": 0.01, "drift_std": 0.01}}}
+        return {r["measure"]: r for r in fronts.compare("a", "b")}
+
+    low = fronts_with(0.1, 2.5)  # below b's first point on both axes
+    assert low["loss at matched drift"]["from_base"] and low["drift at matched loss"]["from_base"]
+    assert not low["loss at matched drift"]["past_front"]
+    inside = fronts_with(0.4, 2.3)
+    assert not any(r["from_base"] or r["past_front"] for r in inside.values())
+    past = fronts_with(0.6, 2.3)
+    assert past["loss at matched drift"]["past_front"]
+    assert past["loss at matched drift"]["delta"] == pytest.approx(2.3 - 2.2)

@@ -376,6 +376,8 @@ def front_summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def _glance_cell(row: dict[str, Any], digits: int) -> str:
     mark = " †" if "drift_set" in row and not row.get("seed_variance") else ""
+    mark += " ‡" if row.get("from_base") else ""
+    mark += " §" if row.get("past_front") else ""
     delta = "never reached" if row["delta"] is None else _signed(row["delta"], digits)
     return f"{row['verdict'].split(' (')[0]} ({delta}){mark}"
 
@@ -400,6 +402,13 @@ def verdict_glance(rows: list[dict[str, Any]], sets: list[str]) -> list[str]:
     if any("drift_set" in r and not r.get("seed_variance") for r in rows):
         lines += ["", "†: both standard points have one seed, so the interval counts the "
                   "record bootstrap only; the seed spread would widen it."]
+    if any(r.get("from_base") for r in rows):
+        lines += ["", "‡: read on the straight line from the base model to the other cell's "
+                  "first front point: none of its runs was measured at this drift (or loss), "
+                  "so the verdict rests on that line."]
+    if any(r.get("past_front") for r in rows):
+        lines += ["", "§: past the other cell's last front point, where its front is taken as "
+                  "flat: its runs, at the learning rates tried, reached no lower loss."]
     return lines
 
 
@@ -446,7 +455,9 @@ def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
             measure = row["measure"] if "drift_set" in row else NAMES.get(row["measure"],
                                                                           row["measure"])
             lines.append(f"| {row['other']} | {measure} | {row.get('drift_set', '-')} | {at} | "
-                         f"{_signed(row['delta'], digits)} | {interval} | {row['verdict']} |")
+                         f"{_signed(row['delta'], digits)} | {interval} | {row['verdict']}"
+                         + (" ‡" if row.get("from_base") else "")
+                         + (" §" if row.get("past_front") else "") + " |")
     lines += ["", f"![test loss against drift]({FRONT_PLOT_FILE})", "",
               "<details><summary>every point</summary>", "",
               "| cell | lr | seed | step | dev loss | test loss | "

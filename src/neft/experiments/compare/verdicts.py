@@ -189,6 +189,16 @@ class Fronts:
         entry = self.cells[cell]
         return envelope(entry["xs"][:, sample], entry["ys"][:, sample])
 
+    def _from_base(self, cell: str, kind: str, at: float) -> bool:
+        """Whether the matched value is read between the base and the cell's first front
+        point: no run of the cell was measured there, so it rests on the straight line."""
+        if self.base is None:
+            return False
+        xs, ys = self.front(cell)
+        if len(xs) < 2:
+            return True
+        return bool(at < xs[1]) if kind == "loss at matched drift" else bool(at > ys[1])
+
     def compare(self, reference: str, other: str) -> list[dict[str, Any]]:
         """Verdicts (a) and (b) of reference against other."""
         a, b = self.cells[reference], self.cells[other]
@@ -212,9 +222,12 @@ class Fronts:
             seed_var = ((own or 0.0) ** 2 / max(standard["n"], 1) + (theirs or 0.0) ** 2)
             finite = deltas[1:][np.isfinite(deltas[1:])]
             delta = float(deltas[0])
+            at = float(standard["drift"][0] if kind.startswith("loss") else standard["loss"][0])
             entry = {"reference": reference, "other": other, "drift_set": self.name,
-                     "measure": kind, "at": float(standard["drift"][0] if kind.startswith(
-                         "loss") else standard["loss"][0]),
+                     "measure": kind, "at": at,
+                     "from_base": self._from_base(other, kind, at),
+                     "past_front": kind == "loss at matched drift"
+                     and bool(at > self.front(other)[0][-1]),
                      "delta": delta if math.isfinite(delta) else None,
                      "seed_variance": seed_var,
                      "seed_variance_borrowed": b["standard"][key] is None,
