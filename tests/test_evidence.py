@@ -313,6 +313,12 @@ def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(
     finals = [json.loads((root / f"cells/neft-6n-lr0.03-s{s}/points.json").read_text())[-1]
               for s in (1, 2, 3)]
     assert standard["test_loss"] == pytest.approx(np.mean([p["test_loss"] for p in finals]))
+    # the cells table aggregates the same runs: the middle rate, one run a seed
+    row = next(r for r in report["cells"] if r["cell"] == "neft-6n")
+    assert row["learning_rate"] == 3e-2
+    assert row["dev_loss"]["per_seed"] == {
+        str(s): json.loads((root / f"cells/neft-6n-lr0.03-s{s}/result.json").read_text())[
+            "dev_loss"] for s in (1, 2, 3)}
     measures = {(r["other"], r["measure"]) for r in fronts["verdicts"]}
     assert ("lora-r2", "loss at matched drift") in measures
     assert ("full", "drift at matched loss") in measures

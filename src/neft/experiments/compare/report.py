@@ -17,7 +17,7 @@ from typing import Any
 
 from ...core.io import atomic_text, save_figure, write_json
 from ..bench import machine
-from .plan import Plan
+from .plan import Plan, middle
 from .results import current
 from .verdicts import RESAMPLES, verdicts
 from .worker import finite
@@ -87,7 +87,9 @@ def collect(plan: Plan) -> dict[str, Any]:
                     "peak_memory_mb": result.get("peak_memory_mb"),
                     "at_token_cap": _at_cap(result)}
     for cell in plan.cells:
-        cell_runs = [r for r in plan.runs if r.kind == "cell" and r.cell == cell.name]
+        standard = middle(cell.learning_rates) if cell.learning_rates else None
+        cell_runs = [r for r in plan.runs if r.kind == "cell" and r.cell == cell.name
+                     and (standard is None or r.learning_rate == standard)]  # one run a seed
         done = {r.seed: res for r in cell_runs if (res := current(plan, r)) is not None}
         first = next(iter(done.values()), {})
         scores = {}
