@@ -16,6 +16,8 @@ The verdicts compare a reference cell A with each other cell B:
 (every point recomputed from the same resampled records) plus the seed variance of the
 standard points (B's single-seed front counts B's full seed variance; a cell with one
 seed borrows A's). A verdict is "better" or "worse" only when the interval excludes 0.
+Each front verdict also says whether it rests on the line from the base to B's first
+point (from_base) or on B's flat front past its last point (past_front).
 """
 
 from __future__ import annotations
