@@ -25,11 +25,6 @@ FILES = {"compare.md": ".md", "compare.json": ".json", "compare.png": ".png",
          "compare-front.png": "-front.png"}
 
 
-def planned_runs(config: dict) -> int:
-    """Runs the grid's config lays out (cells x seeds x rates, and the base)."""
-    return len(build_plan(from_dict(CompareConfig, config)).runs)
-
-
 def collect(grid: str, results: str) -> list[str]:
     """Render the grid's report with this tree's code (the grid's own folder untouched) and
     file it under the grid's name; the summary lines for it."""
@@ -55,7 +50,7 @@ def collect(grid: str, results: str) -> list[str]:
             else:
                 shutil.copyfile(path, target)
     done = len([r for r in report["runs"] if r.get("kind") in ("base", "cell")])
-    planned = planned_runs(report["config"])
+    planned = len(plan.runs)
     lines = [f"## {name}", "",
              f"[{name}.md]({name}.md), written {report['created']} by `{report['command']}`; "
              f"{done} of {planned} training/base runs finished"

@@ -376,12 +376,15 @@ def front_summary(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _marks(row: dict[str, Any]) -> str:
+    """† no seed term, ‡ read on the line from the base, § past the other front's end."""
+    return ((" †" if "drift_set" in row and not row.get("seed_variance") else "")
+            + (" ‡" if row.get("from_base") else "") + (" §" if row.get("past_front") else ""))
+
+
 def _glance_cell(row: dict[str, Any], digits: int) -> str:
-    mark = " †" if "drift_set" in row and not row.get("seed_variance") else ""
-    mark += " ‡" if row.get("from_base") else ""
-    mark += " §" if row.get("past_front") else ""
     delta = "never reached" if row["delta"] is None else _signed(row["delta"], digits)
-    return f"{row['verdict'].split(' (')[0]} ({delta}){mark}"
+    return f"{row['verdict'].split(' (')[0]} ({delta}){_marks(row)}"
 
 
 def verdict_glance(rows: list[dict[str, Any]], sets: list[str]) -> list[str]:
@@ -458,8 +461,7 @@ def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
                                                                           row["measure"])
             lines.append(f"| {row['other']} | {measure} | {row.get('drift_set', '-')} | {at} | "
                          f"{_signed(row['delta'], digits)} | {interval} | {row['verdict']}"
-                         + (" ‡" if row.get("from_base") else "")
-                         + (" §" if row.get("past_front") else "") + " |")
+                         f"{_marks(row)} |")
     lines += ["", f"![test loss against drift]({FRONT_PLOT_FILE})", "",
               "<details><summary>every point</summary>", "",
               "| cell | lr | seed | step | dev loss | test loss | "

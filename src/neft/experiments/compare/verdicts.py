@@ -191,12 +191,12 @@ class Fronts:
         entry = self.cells[cell]
         return envelope(entry["xs"][:, sample], entry["ys"][:, sample])
 
-    def _from_base(self, cell: str, kind: str, at: float) -> bool:
-        """Whether the matched value is read between the base and the cell's first front
-        point: no run of the cell was measured there, so it rests on the straight line."""
+    def _from_base(self, front: tuple[np.ndarray, np.ndarray], kind: str, at: float) -> bool:
+        """Whether the matched value is read between the base and the front's first measured
+        point: no run was measured there, so it rests on the straight line."""
         if self.base is None:
             return False
-        xs, ys = self.front(cell)
+        xs, ys = front
         if len(xs) < 2:
             return True
         return bool(at < xs[1]) if kind == "loss at matched drift" else bool(at > ys[1])
@@ -208,6 +208,7 @@ class Fronts:
         if standard["loss"] is None:
             return []
         samples = standard["loss"].shape[0]
+        measured = self.front(other)  # unresampled: where its runs were measured
         out = []
         for kind in ("loss at matched drift", "drift at matched loss"):
             deltas = np.empty(samples)
@@ -227,9 +228,9 @@ class Fronts:
             at = float(standard["drift"][0] if kind.startswith("loss") else standard["loss"][0])
             entry = {"reference": reference, "other": other, "drift_set": self.name,
                      "measure": kind, "at": at,
-                     "from_base": self._from_base(other, kind, at),
+                     "from_base": self._from_base(measured, kind, at),
                      "past_front": kind == "loss at matched drift"
-                     and bool(at > self.front(other)[0][-1]),
+                     and bool(at > measured[0][-1]),
                      "delta": delta if math.isfinite(delta) else None,
                      "seed_variance": seed_var,
                      "seed_variance_borrowed": b["standard"][key] is None,
