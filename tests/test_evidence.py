@@ -362,6 +362,8 @@ def test_a_fronts_only_grid_generates_nothing(tiny_model_dir, toy_data_dir, tmp_
     ({"front": {"steps": [3]}}, "multiple of train.eval_steps"),
     ({"front": {"generate": "some"}}, "front.generate"),
     ({"front": {"stepz": [2]}}, "did you mean 'steps'"),
+    ({"methods": [{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2],
+                   "learning_rate": 5e-2}]}, "must be one of learning_rates"),
 ])
 def test_bad_front_configs_fail_before_any_run(tiny_model_dir, toy_data_dir, tmp_path, change,
                                                message):
@@ -373,6 +375,24 @@ def test_bad_front_configs_fail_before_any_run(tiny_model_dir, toy_data_dir, tmp
     with pytest.raises(NeftError, match=message):
         build_plan(from_dict(CompareConfig, values))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_front_extended_at_one_end_keeps_its_seeded_rate_and_its_runs(
+        tiny_model_dir, toy_data_dir, tmp_path):
+    """learning_rate names the rate of the other seeds, so rates added below the middle
+    add runs without moving the standard point or rerunning what exists."""
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)
+    before = build_plan(from_dict(CompareConfig, values))
+    values["methods"][1] = {"method": "lora", "lora_r": 2, "learning_rate": 1e-2,
+                            "learning_rates": [1e-4, 1e-3, 1e-2, 3e-2]}
+    after = build_plan(from_dict(CompareConfig, values))
+    assert after.cell("lora-r2").seeded_rate == 1e-2
+    lora = {r.folder: r.spec for r in after.runs if r.cell == "lora-r2"}
+    assert {f for f in lora if not f.endswith("-s1")} == {
+        "cells/lora-r2-lr0.01-s2", "cells/lora-r2-lr0.01-s3"}
+    old = {r.folder: r.spec for r in before.runs}
+    assert set(lora) - set(old) == {"cells/lora-r2-lr0.0001-s1"}
+    assert all(old[f] == spec for f, spec in lora.items() if f in old)
 
 
 def test_the_verdict_glance_puts_each_cells_verdicts_on_one_line():

@@ -123,7 +123,8 @@ class Cell:
     lr_source: str  # "sweep", "given", "default" or "front" (runs at learning_rates)
     sweep: Sweep | None = None
     learning_rates: list[float] | None = None  # front cells: first seed at each, the other
-    # seeds at the middle one
+    # seeds at seeded_rate
+    seeded_rate: float | None = None  # front cells: learning_rate when given, else the middle
     own_sweep: bool | list[float] = False  # swept on its own (with these values) even when
     # lr_sweep.per is method
 
@@ -341,13 +342,17 @@ def build_plan(config: CompareConfig) -> Plan:
             if front is None:
                 raise NeftError(f"{where}: learning_rates traces a front; add a front: section "
                                 "(e.g. front: {steps: [100, 200]})")
-            if "learning_rate" in raw or own_sweep:
-                raise NeftError(f"{where}: give learning_rates or learning_rate/own_sweep, "
-                                "not both")
+            if own_sweep:
+                raise NeftError(f"{where}: give learning_rates or own_sweep, not both")
             rates = sorted(_floats(raw["learning_rates"], f"{where}.learning_rates"))
+            seeded = float(raw["learning_rate"]) if "learning_rate" in raw else middle(rates)
+            if seeded not in rates:
+                raise NeftError(f"{where}: learning_rate {seeded:g} (the rate of the other "
+                                f"seeds) must be one of learning_rates {rates}")
             source = "front"
         cells.append(Cell(name, method, train, _ints(raw.get("seeds", seeds), f"{where}.seeds"),
-                          label, source, own_sweep=own_sweep, learning_rates=rates))
+                          label, source, own_sweep=own_sweep, learning_rates=rates,
+                          seeded_rate=seeded if rates else None))
 
     swept_by_method: dict[str, Cell] = {}
     reference = _reference(config, cells, front)
@@ -426,23 +431,23 @@ def build_plan(config: CompareConfig) -> Plan:
 
 
 def middle(values: list[float]) -> float:
-    """The middle learning rate of a front cell (the lower middle of an even count)."""
+    """A front cell's default seeded rate: the middle one (the lower middle of an even
+    count)."""
     return values[(len(values) - 1) // 2]
 
 
 def _cell_runs(cells: list[Cell]) -> list[tuple[Cell, int, float | None]]:
     """(cell, seed, learning rate) of every cell run, in the order they run: each cell's
-    first seed (at the middle rate for front cells) first, so that a stopped grid already
+    first seed (at the seeded rate for front cells) first, so that a stopped grid already
     compares every cell; then the other rates of the fronts; then the other seeds."""
     first, rates, others = [], [], []
     for cell in cells:
-        lr = middle(cell.learning_rates) if cell.learning_rates else cell.train.get(
-            "learning_rate")
+        lr = cell.seeded_rate if cell.learning_rates else cell.train.get("learning_rate")
         first.append((cell, cell.seeds[0], lr))
         rates += [(cell, cell.seeds[0], v) for v in cell.learning_rates or [] if v != lr]
     longest = max(len(c.seeds) for c in cells)
     for position in range(1, longest):
-        others += [(cell, cell.seeds[position], middle(cell.learning_rates)
+        others += [(cell, cell.seeds[position], cell.seeded_rate
                     if cell.learning_rates else cell.train.get("learning_rate"))
                    for cell in cells if position < len(cell.seeds)]
     return first + rates + others

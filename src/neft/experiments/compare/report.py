@@ -17,7 +17,7 @@ from typing import Any
 
 from ...core.io import atomic_text, save_figure, write_json
 from ..bench import machine
-from .plan import Plan, middle
+from .plan import Plan
 from .results import current
 from .verdicts import RESAMPLES, verdicts
 from .worker import finite
@@ -87,7 +87,7 @@ def collect(plan: Plan) -> dict[str, Any]:
                     "peak_memory_mb": result.get("peak_memory_mb"),
                     "at_token_cap": _at_cap(result)}
     for cell in plan.cells:
-        standard = middle(cell.learning_rates) if cell.learning_rates else None
+        standard = cell.seeded_rate
         cell_runs = [r for r in plan.runs if r.kind == "cell" and r.cell == cell.name
                      and (standard is None or r.learning_rate == standard)]  # one run a seed
         done = {r.seed: res for r in cell_runs if (res := current(plan, r)) is not None}
@@ -426,7 +426,7 @@ def front_markdown(plan: Plan, result: dict[str, Any]) -> list[str]:
              + ", ".join(f"`{n}` ({plan.front['drift_sets'][n]})" for n in sets)
              + "). A cell's front is the lower-left envelope of its first seed's points "
              "(learning rates x steps), starting at the base model; its standard point is "
-             "its middle learning rate's last step, mean ± std over seeds.", "",
+             "the last step at the rate all its seeds ran, mean ± std over seeds.", "",
              "| cell | lr | seeds | test loss | " + " | ".join(f"drift {n}" for n in sets) + " |",
              "|---|---|---|---|" + "---|" * len(sets)]
     base = result["data"]["base"]

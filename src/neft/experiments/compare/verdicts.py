@@ -7,7 +7,7 @@ stay at the base. Between points the front is linear; past its last point it sta
 (more drift allowed buys nothing more).
 
 The verdicts compare a reference cell A with each other cell B:
-(a) test loss at matched drift: A's standard point (its middle learning rate, last step,
+(a) test loss at matched drift: A's standard point (the rate all its seeds ran, last step,
     mean over seeds) against B's front at A's drift;
 (b) drift at matched test loss: A's drift there against the drift B's front needs for
     A's loss;
@@ -32,7 +32,7 @@ import numpy as np
 from ...core.io import read_json
 from ...evaluate.metrics import BOOTSTRAP_METRICS, paired_bootstrap
 from .front import read_points
-from .plan import Plan, middle
+from .plan import Plan
 from .results import best_run, current
 from .worker import EVAL_FILE
 
@@ -60,11 +60,11 @@ def collect_points(plan: Plan) -> dict[str, Any]:
 
 
 def _standard_lr(plan: Plan, cell: str, points: list[dict[str, Any]]) -> float | None:
-    """The learning rate of a cell's seeded points: the middle of its front's rates, else
-    the one rate its runs used."""
+    """The learning rate of a cell's seeded points: its front's seeded rate, else the one
+    rate its runs used."""
     spec = plan.cell(cell)
-    if spec.learning_rates:
-        return middle(spec.learning_rates)
+    if spec.seeded_rate is not None:
+        return spec.seeded_rate
     rates = {p["learning_rate"] for p in points}
     return rates.pop() if len(rates) == 1 else None
 
