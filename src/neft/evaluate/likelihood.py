@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -71,12 +70,21 @@ class _EvalMode:
             model.train(mode)
 
 
-def _token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position next-token NLL (0 where the label is ignored), float32."""
-    shifted = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted,
-                          ignore_index=IGNORE_INDEX, reduction="none")
-    return nll * (shifted != IGNORE_INDEX)
+def _log_probs(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """float32 next-token log-probabilities at the positions keep (batch, length - 1) marks,
+    one row each: the vocabulary-wide work skips prompts and padding."""
+    return torch.log_softmax(logits[:, :-1][keep], -1, dtype=torch.float32)
+
+
+def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -log_probs.gather(1, targets[:, None])[:, 0]
+
+
+def _row_sums(values: torch.Tensor, keep: torch.Tensor) -> list[float]:
+    """Per batch row sums (float64) of one value per kept position."""
+    rows = keep.nonzero(as_tuple=True)[0]
+    return torch.zeros(keep.shape[0], dtype=torch.float64).index_add_(
+        0, rows.cpu(), values.double().cpu()).tolist()
 
 
 def target_loss(
@@ -116,9 +124,10 @@ def target_loss(
             inputs = {k: v.to(device) for k, v in collate([dataset[i] for i in batch]).items()}
             logits = model(input_ids=inputs["input_ids"],
                            attention_mask=inputs["attention_mask"]).logits
-            per_token = _token_nll(logits, inputs["labels"])
-            sums = per_token.sum(1).double().tolist()
-            tokens = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
+            keep = inputs["labels"][:, 1:] != IGNORE_INDEX
+            targets = inputs["labels"][:, 1:][keep]
+            sums = _row_sums(_nll(_log_probs(logits, keep), targets), keep)
+            tokens = keep.sum(1).tolist()
             for row, index in enumerate(batch):
                 nll[index], counts[index] = sums[row], tokens[row]
             bar.update(len(batch))
@@ -186,20 +195,20 @@ def drift(
                 input_ids[row, :len(ids)] = torch.tensor(ids)
                 mask[row, :len(ids)] = 1
             input_ids, mask = input_ids.to(device), mask.to(device)
-            labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX)
+            keep = mask[:, 1:].bool()
+            targets = input_ids[:, 1:][keep]
             tuned_logits = model(input_ids=input_ids, attention_mask=mask).logits
             base_logits = base(input_ids=input_ids.to(_device(base)),
                                attention_mask=mask.to(_device(base))).logits.to(device)
-            log_tuned = torch.log_softmax(tuned_logits[:, :-1].float(), -1)
-            log_base = torch.log_softmax(base_logits[:, :-1].float(), -1)
-            valid = labels[:, 1:] != IGNORE_INDEX
-            per_kl = F.kl_div(log_tuned, log_base, log_target=True, reduction="none").sum(-1)
+            log_tuned = _log_probs(tuned_logits, keep)
+            log_base = _log_probs(base_logits, keep)
             sums = {
-                "kl": (per_kl * valid).sum(1).double().tolist(),
-                "base": _token_nll(base_logits, labels).sum(1).double().tolist(),
-                "tuned": _token_nll(tuned_logits, labels).sum(1).double().tolist(),
-                "tokens": valid.sum(1).tolist(),
+                "base": _row_sums(_nll(log_base, targets), keep),
+                "tuned": _row_sums(_nll(log_tuned, targets), keep),
+                "tokens": keep.sum(1).tolist(),
             }
+            difference = log_base - log_tuned
+            sums["kl"] = _row_sums(torch.linalg.vecdot(log_base.exp_(), difference), keep)
             for row, i in enumerate(batch):
                 text = windows[i][0]
                 kl[text] += sums["kl"][row]
