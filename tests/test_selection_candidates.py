@@ -105,6 +105,28 @@ def test_train_passes_its_layer_band_to_the_selection(toy_data_dir):
     assert chosen.num_neurons() == 5 and all(".layers.1." in m for m in chosen.modules())
 
 
+def test_train_passes_its_quota_to_the_selection(toy_data_dir):
+    from neft.train import TrainConfig
+    from neft.train.methods import select_for_training
+
+    model = make_model("llama")
+    with torch.no_grad():  # one global magnitude ranking would take one layer only
+        for weight in model.model.layers[1].mlp.parameters():
+            weight.mul_(100)
+
+    def per_layer(quota: str | None) -> list[int]:
+        config = TrainConfig(method="neft", scorer="magnitude", num_neurons=8,
+                             select_quota=quota, train_file=toy_data_dir)
+        chosen = select_for_training(model, config, dataset=None)
+        return [sum(int(i.numel()) for m, _, i in chosen.items() if f".layers.{n}." in m)
+                for n in (0, 1)]
+
+    assert per_layer(None) in ([8, 0], [0, 8])
+    assert per_layer("layer") == [4, 4]  # equal pools, equal shares
+    with pytest.raises(NeftError, match="select_quota 'layers' is not known"):
+        TrainConfig(method="neft", select_quota="layers", train_file=toy_data_dir)
+
+
 def test_below_a_band_backward_stops_and_bench_draws_inside_it():
     from neft.experiments.bench import BenchConfig, plan, prepare
 

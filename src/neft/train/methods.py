@@ -195,6 +195,7 @@ def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> 
     return _on_rank_zero(lambda: select_neurons(model, scorer=scorer, data=data,
                                                 seed=config.seed, scorer_options=options,
                                                 layers=config.select_layers,
+                                                quota=config.select_quota,
                                                 **_budget(config)))
 
 

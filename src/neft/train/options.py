@@ -12,6 +12,7 @@ from ..core.model import MODES
 from ..data.options import DataOptions
 from ..errors import NeftError
 from ..select import SCORERS
+from ..select.budget import QUOTAS
 from ..select.registry import DEFAULT_SCORER, check_scorer_options
 from .methods import METHODS
 
@@ -40,6 +41,8 @@ class TrainConfig(DataOptions):
                                          "learning_rate=1e-4 (names: neft select --help)")
     select_layers: str | None = option("select neurons only in these blocks: A-B, 3,5,7, "
                                        "upper:N or lower:N (the budget unchanged)")
+    select_quota: str | None = option("rank within each layer, kind or module, the budget "
+                                      "split by pool size (default: one global ranking)")
     match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")
@@ -100,6 +103,8 @@ class TrainConfig(DataOptions):
         self.check_data_options()
         choices = {"neft_mode": MODES, "scorer": tuple(SCORERS),
                    "lr_scheduler_type": tuple(t.value for t in SchedulerType)}
+        if self.select_quota is not None:
+            choices["select_quota"] = QUOTAS
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "

@@ -519,7 +519,7 @@ def selection_key(train: dict[str, Any]) -> str:
             "lora_target_modules", "trust_remote_code")
     values = {k: train.get(k) for k in keys}
     # Settings added later count only when set, so that earlier grids keep their sets.
-    values.update({k: train[k] for k in ("scorer_options", "select_layers")
+    values.update({k: train[k] for k in ("scorer_options", "select_layers", "select_quota")
                    if train.get(k) is not None})
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
