@@ -294,13 +294,14 @@ def front_grid(tiny_model_dir, toy_data_dir, tmp_path, **options) -> dict:
 def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(
         tiny_model_dir, toy_data_dir, tmp_path):
     values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)
+    values["methods"][1]["learning_rate"] = 3e-2  # LoRA's seeds at its top rate
     outcome = compare(values)
     assert not outcome["failed"]
     root = tmp_path / "out"
-    # first seed at every rate, the other seeds at the middle rate
+    # first seed at every rate, the other seeds at the middle rate (or the one named)
     assert {p.name for p in (root / "cells").iterdir()} >= {
         "base", "neft-6n-lr0.01-s1", "neft-6n-lr0.03-s1", "neft-6n-lr0.1-s1",
-        "neft-6n-lr0.03-s2", "neft-6n-lr0.03-s3", "full-s1"}
+        "neft-6n-lr0.03-s2", "neft-6n-lr0.03-s3", "lora-r2-lr0.03-s2", "full-s1"}
     points = json.loads((root / "cells/neft-6n-lr0.03-s2/points.json").read_text())
     assert [p["step"] for p in points] == [2, 4]
     assert len(points[0]["test"]["nll"]) == 4 and "kl_sums" in points[0]["drift"]["toy"]
@@ -316,6 +317,9 @@ def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(
     # the cells table aggregates the same runs: the middle rate, one run a seed
     row = next(r for r in report["cells"] if r["cell"] == "neft-6n")
     assert row["learning_rate"] == 3e-2
+    lora = fronts["cells"]["lora-r2"]["toy"]["standard"]
+    assert lora["learning_rate"] == 3e-2 and lora["seeds"] == [1, 2, 3]
+    assert next(r for r in report["cells"] if r["cell"] == "lora-r2")["learning_rate"] == 3e-2
     assert row["dev_loss"]["per_seed"] == {
         str(s): json.loads((root / f"cells/neft-6n-lr0.03-s{s}/result.json").read_text())[
             "dev_loss"] for s in (1, 2, 3)}
@@ -393,6 +397,16 @@ def test_a_front_extended_at_one_end_keeps_its_seeded_rate_and_its_runs(
     old = {r.folder: r.spec for r in before.runs}
     assert set(lora) - set(old) == {"cells/lora-r2-lr0.0001-s1"}
     assert all(old[f] == spec for f, spec in lora.items() if f in old)
+
+
+def test_the_selection_cache_key_counts_a_quota_only_when_set():
+    """Grids made before select_quota keep their neuron sets; a quota gets its own set."""
+    from neft.experiments.compare.plan import selection_key
+
+    train = {"model": "m", "method": "neft", "scorer": "fast-probe", "match_lora": 8,
+             "seed": 1}
+    assert selection_key({**train, "select_quota": None}) == selection_key(train)
+    assert selection_key({**train, "select_quota": "layer"}) != selection_key(train)
 
 
 def test_the_verdict_glance_puts_each_cells_verdicts_on_one_line():

@@ -105,6 +105,7 @@ def world(tiny_model_dir: str, toy_data_dir: str, tmp_path_factory) -> dict[str,
     (root / "typo.yaml").write_text("learning_rte: 0.001\n")
     (root / "wrong-type.yaml").write_text("overwrite: maybe\n")
     (root / "fraction.yaml").write_text("max_steps: 2.5\n")
+    (root / "empty-value.yaml").write_text("learning_rate:\n")
     (root / "a-file").write_text("x")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
     for positions in (32, 128):  # learned positions: an IndexError past them
@@ -290,6 +291,9 @@ CASES = [
     ("YAML value of the wrong type", ["train", "--config", "{wrong-type.yaml}",
                                       "--train_file", "{d}"],
      r"option overwrite must be true or false, not 'maybe'"),
+    ("YAML key without a value", ["train", "--config", "{empty-value.yaml}", "--train_file",
+                                  "{d}"],
+     r"option learning_rate has no value; give one, or drop it for the default \(0\.0005\)"),
     ("YAML fraction for a count", ["train", "--config", "{fraction.yaml}", "--train_file", "{d}"],
      r"option max_steps must be a whole number, not 2\.5"),
     ("missing YAML file", ["eval", "--config", "{root}/nope.yaml", "--data", "{d}"],

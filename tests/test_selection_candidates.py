@@ -125,6 +125,11 @@ def test_train_passes_its_quota_to_the_selection(toy_data_dir):
     assert per_layer("layer") == [4, 4]  # equal pools, equal shares
     with pytest.raises(NeftError, match="select_quota 'layers' is not known"):
         TrainConfig(method="neft", select_quota="layers", train_file=toy_data_dir)
+    with pytest.raises(NeftError, match="method lora selects none: drop --select_quota"):
+        TrainConfig(method="lora", select_quota="layer", train_file=toy_data_dir)
+    with pytest.raises(NeftError, match="--neurons gives one made earlier: drop --select_lay"):
+        TrainConfig(method="neft", neurons="set.safetensors", select_layers="upper:1",
+                    train_file=toy_data_dir)
 
 
 def test_below_a_band_backward_stops_and_bench_draws_inside_it():

@@ -28,10 +28,19 @@ def option(help_text: str, default: Any = None) -> Any:
     return dataclasses.field(default=default, metadata={"help": help_text})
 
 
+def _resolve(annotation: Any) -> Any:
+    if isinstance(annotation, str):
+        return eval(annotation, {"typing": typing})  # field annotations are simple
+    return annotation
+
+
+def _allows_none(annotation: Any) -> bool:
+    return type(None) in typing.get_args(_resolve(annotation))
+
+
 def _base_type(annotation: Any) -> type:
     """``int | None`` -> int; ``str`` -> str."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"typing": typing})  # field annotations are simple
+    annotation = _resolve(annotation)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -185,6 +194,9 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
         if field.name not in values:
             continue
         value = values[field.name]
+        if value is None and not _allows_none(field.type):
+            raise NeftError(f"option {field.name} has no value; give one, or drop it for the "
+                            f"default ({field.default!r})")
         if value is not None:
             value = _convert(field.name, value, _base_type(field.type))
         converted[field.name] = value

@@ -164,6 +164,15 @@ class TrainConfig(DataOptions):
         if self.neurons and self.method != "neft":
             raise NeftError(f"neurons is used by method neft only, and method is "
                             f"{self.method}: drop --neurons or pass --method neft")
+        for name in ("select_layers", "select_quota"):
+            if getattr(self, name) is None:
+                continue
+            if not METHODS[self.method].selects_neurons:
+                raise NeftError(f"{name} shapes a neuron selection, and method {self.method} "
+                                f"selects none: drop --{name}")
+            if self.neurons:
+                raise NeftError(f"{name} shapes a selection made here, and --neurons gives "
+                                f"one made earlier: drop --{name} (or pass it to neft select)")
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
         loggers = ("none", "all", *INTEGRATION_TO_CALLBACK)

@@ -337,7 +337,7 @@ def build_plan(config: CompareConfig) -> Plan:
         if own_sweep and source != "sweep":
             raise NeftError(f"{where}: own_sweep needs an lr_sweep and no learning_rate for "
                             "this cell; drop one of them")
-        rates = None
+        rates, seeded = None, None
         if "learning_rates" in raw:
             if front is None:
                 raise NeftError(f"{where}: learning_rates traces a front; add a front: section "
@@ -345,14 +345,14 @@ def build_plan(config: CompareConfig) -> Plan:
             if own_sweep:
                 raise NeftError(f"{where}: give learning_rates or own_sweep, not both")
             rates = sorted(_floats(raw["learning_rates"], f"{where}.learning_rates"))
-            seeded = float(raw["learning_rate"]) if "learning_rate" in raw else middle(rates)
+            seeded = train["learning_rate"] if "learning_rate" in raw else middle(rates)
             if seeded not in rates:
                 raise NeftError(f"{where}: learning_rate {seeded:g} (the rate of the other "
                                 f"seeds) must be one of learning_rates {rates}")
             source = "front"
         cells.append(Cell(name, method, train, _ints(raw.get("seeds", seeds), f"{where}.seeds"),
                           label, source, own_sweep=own_sweep, learning_rates=rates,
-                          seeded_rate=seeded if rates else None))
+                          seeded_rate=seeded))
 
     swept_by_method: dict[str, Cell] = {}
     reference = _reference(config, cells, front)
