@@ -105,6 +105,23 @@ def test_drift_equals_a_direct_kl_per_window(tiny_model_dir):
         (sum(s[2] for s in sums) - sum(s[1] for s in sums)) / result["tokens"], rel=1e-4)
 
 
+def test_bf16_loss_and_drift_stay_close_to_fp32(tiny_model_dir, toy_data_dir):
+    """The grids run in bf16: the same numbers, within bf16's rounding."""
+    tokenizer, base, tuned = tiny_pair(tiny_model_dir)
+    records = load_records(toy_data_dir, split="test", task="translation")
+    for bf16 in (False, True):
+        loss = target_loss(tuned, tokenizer, records, max_length=64, batch_size=3, bf16=bf16)
+        moved = drift(tuned, base, tokenizer, TEXTS, max_length=16, batch_size=2, bf16=bf16)
+        if not bf16:
+            reference = loss, moved
+    assert loss["loss"] != reference[0]["loss"]  # bf16 did run
+    assert loss["loss"] == pytest.approx(reference[0]["loss"], rel=2e-2)
+    assert loss["token_counts"] == reference[0]["token_counts"]
+    assert moved["kl"] == pytest.approx(reference[1]["kl"], rel=5e-2)
+    assert moved["loss_base"] == pytest.approx(reference[1]["loss_base"], rel=2e-2)
+    assert all(p.dtype == torch.float32 for p in tuned.parameters())  # autocast, no cast
+
+
 def test_long_texts_are_cut_into_windows(tiny_model_dir):
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
     windows = text_windows(tokenizer, [TEXTS[3]], 8)
