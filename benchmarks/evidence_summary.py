@@ -15,10 +15,9 @@ import os
 import shutil
 import tempfile
 
-from neft.config import from_dict
 from neft.core.io import atomic_text, read_json
-from neft.experiments.compare.plan import CompareConfig, build_plan
 from neft.experiments.compare.report import verdict_glance, write_report
+from neft.experiments.compare.results import grid_plan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES = {"compare.md": ".md", "compare.json": ".json", "compare.png": ".png",
@@ -29,8 +28,7 @@ def collect(grid: str, results: str) -> list[str]:
     """Render the grid's report with this tree's code (the grid's own folder untouched) and
     file it under the grid's name; the summary lines for it."""
     name = os.path.basename(os.path.normpath(grid))
-    written = read_json(os.path.join(grid, "compare.json"))
-    plan = build_plan(from_dict(CompareConfig, {**written["config"], "output_dir": grid}))
+    plan, written = grid_plan(grid)
     with tempfile.TemporaryDirectory() as rendered:
         write_report(plan, into=rendered, command=f"{written['command']}; rendered by "
                      "benchmarks/evidence_summary.py")

@@ -469,3 +469,23 @@ def test_verdicts_say_when_they_rest_on_the_line_from_the_base_or_past_the_front
     past = fronts_with(0.6, 2.3)
     assert past["loss at matched drift"]["past_front"]
     assert past["loss at matched drift"]["delta"] == pytest.approx(2.3 - 2.2)
+
+
+def test_the_selection_study_names_a_winner_only_without_a_resolved_loss():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "selection_study.py")
+    spec = importlib.util.spec_from_file_location("selection_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def grid(*verdicts):
+        return {"rows": [{"reference": cell, "verdict": verdict} for cell, verdict in verdicts]}
+
+    en_de = grid(("a", "better"), ("a", "not resolved"), ("b", "better"), ("b", "worse"),
+                 ("c", "not resolved"))
+    summary = grid(("a", "better (the other front never reaches this loss)"),
+                   ("b", "better"), ("c", "better"))
+    assert study.tally(en_de["rows"])["b"] == {"better": 1, "worse": 1, "verdicts": 2}
+    assert study.winners([en_de, summary]) == ["a"]  # b lost once, c never won on en-de
+    assert study.winners([en_de]) == ["a"]

@@ -387,9 +387,11 @@ def _glance_cell(row: dict[str, Any], digits: int) -> str:
     return f"{row['verdict'].split(' (')[0]} ({delta}){_marks(row)}"
 
 
-def verdict_glance(rows: list[dict[str, Any]], sets: list[str]) -> list[str]:
-    """One line per other cell, one column per measure (and drift set): the verdicts that
-    answer "better than X?" side by side, before the table that gives their intervals."""
+def verdict_glance(rows: list[dict[str, Any]], sets: list[str], by: str = "other"
+                   ) -> list[str]:
+    """One line per other cell (or per reference, by="reference"), one column per measure
+    (and drift set): the verdicts that answer "better than X?" side by side, before the
+    table that gives their intervals."""
     columns: list[tuple[str, str | None]] = [
         (measure, name) for measure in ("loss at matched drift", "drift at matched loss")
         for name in sets]
@@ -398,10 +400,11 @@ def verdict_glance(rows: list[dict[str, Any]], sets: list[str]) -> list[str]:
     for row in rows:
         front = "drift_set" in row
         key = (row["measure"], row["drift_set"] if front else None)
-        table.setdefault(row["other"], {})[key] = _glance_cell(row, 4 if front else 2)
+        table.setdefault(row[by], {})[key] = _glance_cell(row, 4 if front else 2)
     header = [f"{m}, {n}" if n else NAMES.get(m, m) for m, n in columns]
     lines = ["At a glance (verdict, and delta in brackets):", "",
-             "| other | " + " | ".join(header) + " |", "|---|" + "---|" * len(columns)]
+             f"| {'cell' if by == 'reference' else by} | " + " | ".join(header) + " |",
+             "|---|" + "---|" * len(columns)]
     for other, cells in table.items():
         lines.append(f"| {other} | " + " | ".join(cells.get(c, "-") for c in columns) + " |")
     if any("drift_set" in r and not r.get("seed_variance") for r in rows):

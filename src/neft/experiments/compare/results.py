@@ -1,4 +1,5 @@
-"""Reading a grid's finished runs: a run's result, whether it is current, a cell's best run."""
+"""Reading a grid's finished runs: its plan, a run's result, whether it is current, a cell's
+best run."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ import json
 import os
 from typing import Any
 
+from ...config import from_dict
 from ...core.io import read_json
-from .plan import Plan, Run, canonical, first_difference
+from .plan import CompareConfig, Plan, Run, build_plan, canonical, first_difference
 from .worker import RESULT_FILE
+
+
+def grid_plan(folder: str, report: str = "compare.json") -> tuple[Plan, dict[str, Any]]:
+    """The plan of a grid folder, from the config its report recorded (the folder may have
+    moved since), and that report: what reads a grid without rerunning it starts here."""
+    written = read_json(os.path.join(folder, report))
+    config = from_dict(CompareConfig, {**written["config"], "output_dir": folder})
+    return build_plan(config), written
 
 
 def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:

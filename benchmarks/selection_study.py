@@ -1,0 +1,161 @@
+"""The selection study (issue 19): each cell of the selection screens against random
+neurons, read as "does this selection beat random?", on every screen side by side.
+
+    .venv/bin/python benchmarks/selection_study.py \
+        WT/outputs/compare/selection-en-de WT/outputs/compare/selection-sum-en-en
+
+For every cell X and drift set, X's standard point against the reference cell's front
+(random neurons in the screens): (a) dev loss at X's drift and (b) drift at X's dev loss,
+with the paired record bootstrap (and the seed spread where there are seeds). A cell
+beats random when at least one of these is resolved better and none resolved worse, on
+every grid. Writes results/selection_study.{md,json,png}; a grid still running is read as
+far as it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from typing import Any
+
+from neft.core.io import atomic_text, save_figure, write_json
+from neft.experiments.bench import machine
+from neft.experiments.compare.report import verdict_glance
+from neft.experiments.compare.results import current, grid_plan
+from neft.experiments.compare.verdicts import verdicts
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MEASURES = ("loss at matched drift", "drift at matched loss")
+
+
+def against_reference(grid: str) -> dict[str, Any]:
+    """Every cell's front verdicts against the grid's reference cell, and its progress."""
+    plan, _ = grid_plan(grid)
+    done = sum(current(plan, run) is not None for run in plan.runs)
+    found = verdicts(plan)
+    rows: list[dict[str, Any]] = []
+    if found is not None:
+        for cell in (c.name for c in plan.cells if c.name != plan.reference):
+            for name in found["sets"]:
+                fronts = found["fronts"][name]
+                if cell in fronts.cells and plan.reference in fronts.cells:
+                    rows += fronts.compare(cell, plan.reference)
+    return {"grid": os.path.basename(os.path.normpath(grid)), "reference": plan.reference,
+            "split": plan.config.test_split,
+            "done": done, "planned": len(plan.runs), "rows": rows,
+            "sets": found["sets"] if found else []}
+
+
+def tally(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Resolved wins and losses of each cell."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        count = counts.setdefault(row["reference"], {"better": 0, "worse": 0, "verdicts": 0})
+        count["verdicts"] += 1
+        for word in ("better", "worse"):
+            count[word] += row["verdict"].startswith(word)
+    return counts
+
+
+def winners(studies: list[dict[str, Any]]) -> list[str]:
+    """Cells with a resolved win and no resolved loss on every grid."""
+    tallies = [tally(study["rows"]) for study in studies]
+    cells = set.intersection(*(set(t) for t in tallies)) if tallies else set()
+    return sorted(c for c in cells if all(t[c]["better"] and not t[c]["worse"]
+                                          for t in tallies))
+
+
+def plot(studies: list[dict[str, Any]], path: str) -> None:
+    """One panel per grid and measure: each cell's delta against random with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(studies), 2, figsize=(11, 1.2 + 0.45 * max(
+        len(tally(s["rows"])) for s in studies) * len(studies)), squeeze=False)
+    for study, row_axes in zip(studies, axes, strict=True):
+        cells = list(tally(study["rows"]))
+        for ax, measure in zip(row_axes, MEASURES, strict=True):
+            for offset, name in enumerate(study["sets"]):
+                for y, cell in enumerate(cells):
+                    row = next((r for r in study["rows"] if r["reference"] == cell
+                                and r["measure"] == measure and r["drift_set"] == name), None)
+                    if row is None:
+                        continue
+                    if row["delta"] is None:  # the reference's front never gets there
+                        ax.annotate(f"{name}: {row['verdict'].split(' (')[0]}, never reached",
+                                    (0, y + 0.2 * offset - 0.1), fontsize=7, ha="right",
+                                    va="center", color=f"C{offset}")
+                        continue
+                    low, high = row["interval"]
+                    ax.errorbar(row["delta"], y + 0.2 * offset - 0.1, fmt="o", ms=4,
+                                xerr=[[row["delta"] - low], [high - row["delta"]]],
+                                color=f"C{offset}", label=name if y == 0 else None)
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.set_yticks(range(len(cells)), cells, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_title(f"{study['grid']}: {measure}", fontsize=9)
+            ax.set_xlabel(f"cell - {study['reference']} (below 0: the cell is better)",
+                          fontsize=8)
+        row_axes[0].legend(fontsize=7, title="drift set", title_fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) -> str:
+    host = machine()
+    lines = ["# Selection study: which neurons beat random ones", "",
+             f"Written {made} by `{command}` on {host.get('cpu', 'this machine')} "
+             f"({host['cpus']} CPUs, torch {host['torch']}). Each row is the cell's standard "
+             "point against the reference cell's front (random neurons in the screens); "
+             "delta is the cell minus the reference (negative: the cell reaches a lower loss "
+             "at the same drift, or drifts less for the same loss); resolved only when the "
+             "95% interval excludes 0.", ""]
+    for study in studies:
+        state = ("complete" if study["done"] >= study["planned"]
+                 else "still running: verdicts may move")
+        lines += [f"## {study['grid']}", "",
+                  f"{study['done']} of {study['planned']} runs finished ({state}); loss on "
+                  f"the `{study['split']}` split, against `{study['reference']}`.", ""]
+        if not study["rows"]:
+            lines += ["No verdicts yet.", ""]
+            continue
+        lines += [*verdict_glance(study["rows"], study["sets"], by="reference"), "",
+                  "| cell | resolved better | resolved worse | verdicts |", "|---|---|---|---|"]
+        for cell, count in tally(study["rows"]).items():
+            lines.append(f"| {cell} | {count['better']} | {count['worse']} | "
+                         f"{count['verdicts']} |")
+        lines.append("")
+    found = winners(studies)
+    lines += ["## Beats the reference on every grid", "",
+              (", ".join(f"`{c}`" for c in found) if found else "No cell: none has a resolved "
+               "win and no resolved loss against the reference on every grid."),
+              "", f"![each cell against random]({name}.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("grids", nargs="+", help="selection screen folders (with compare.json)")
+    parser.add_argument("--results", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default="selection_study")
+    args = parser.parse_args()
+    made = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
+    command = "benchmarks/selection_study.py " + " ".join(
+        os.path.basename(os.path.normpath(g)) for g in args.grids)
+    studies = [against_reference(grid) for grid in args.grids]
+    base = os.path.join(args.results, args.name)
+    text = markdown(studies, command, made, args.name)
+    with atomic_text(base + ".md") as handle:
+        handle.write(text)
+    write_json(base + ".json", {"created": made, "command": command, "machine": machine(),
+                                "grids": studies, "beats_reference": winners(studies)})
+    if any(s["rows"] for s in studies):
+        plot([s for s in studies if s["rows"]], base + ".png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
