@@ -1,5 +1,6 @@
 """Issue 19's candidate scorers: the fast probe read as movement or as the norm-free turn,
-and SNIP (|w x mean gradient|), each equal to a direct computation."""
+SNIP (|w x mean gradient|) and drift-aware (task gain over general-text Fisher), each
+equal to a direct computation; layer bands and quotas."""
 
 from __future__ import annotations
 
@@ -69,9 +70,51 @@ def test_snip_is_weight_times_mean_gradient():
     model.eval()
 
 
+def test_drift_aware_is_task_gain_over_the_fisher_of_the_models_own_text():
+    from types import SimpleNamespace
+
+    from neft.select.datadriven import base_samples
+
+    model = make_model("llama")
+    scores = score_neurons(model, "drift-aware", data=examples(), steps=2, batch_size=4,
+                           progress=False,
+                           scorer_options={"general_steps": 2, "general_length": 6})
+    assert all(p.grad is None for p in model.parameters())
+    general = base_samples(SimpleNamespace(model=model, seed=1234, pad_token_id=0), 8, 6)
+    assert len(general) == 8 and all(len(e["input_ids"]) == 6 for e in general)
+    assert general == base_samples(SimpleNamespace(model=model, seed=1234, pad_token_id=0),
+                                   8, 6)  # seeded
+    layers = dict(model.named_modules())
+    weights = {g.module: layers[g.module].weight for g in scores.groups}
+
+    def per_step_gradients(data):
+        stream = batches(data, 4, 1234, 0, torch.device("cpu"))
+        model.train()
+        torch.manual_seed(1234)
+        steps = []
+        for _ in range(2):
+            model(**next(stream)).loss.backward()
+            steps.append({m: w.grad.clone() for m, w in weights.items()})
+            model.zero_grad(set_to_none=True)
+        model.eval()
+        return steps
+
+    task, text = per_step_gradients(examples()), per_step_gradients(general)
+    gains = [(neuron_vectors(task[0][g.module] + task[1][g.module], g).double() / 2)
+             .abs().sum(dim=1) for g in scores.groups]
+    fisher = [sum(neuron_vectors(step[g.module], g).double().pow(2).sum(dim=1)
+                  for step in text) / 2 for g in scores.groups]
+    floor = 1e-3 * torch.cat(fisher).mean()
+    for got, gain, curvature in zip(scores.scores, gains, fisher, strict=True):
+        torch.testing.assert_close(got, gain / (curvature + floor), rtol=1e-4, atol=0)
+    with pytest.raises(NeftError, match="general_length=1 must be a whole number of at least 2"):
+        score_neurons(model, "drift-aware", data=examples(), progress=False,
+                      scorer_options={"general_length": 1})
+
+
 def test_candidates_select_exact_budgets_and_refuse_unknown_measures():
     model = make_model("llama")
-    for scorer in ("movement", "cosine-normfree", "snip"):
+    for scorer in ("movement", "cosine-normfree", "snip", "drift-aware"):
         chosen = select_neurons(model, scorer, data=examples(), neurons=7, steps=2,
                                 progress=False)
         assert chosen.num_neurons() == 7 and chosen.metadata["scorer"] == scorer

@@ -1,9 +1,12 @@
 """Scorers that read task data: ``probe`` (the paper's short full fine-tuning + cosine),
-``fast-probe`` (ours: a few AdamW steps on the candidate matrices only + cosine) and
-``gradient`` (ours: gradient statistics over a few batches, no update at all)."""
+``fast-probe`` (ours: a few AdamW steps on the candidate matrices only + cosine),
+``gradient`` (ours: gradient statistics over a few batches, no update at all), and the
+selection study's candidates: ``movement`` and ``cosine-normfree`` (the fast probe read
+without its norm lean), ``snip`` and ``drift-aware`` (task gain per general-text Fisher)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,6 +38,9 @@ from .weights import by_module, cosine, logical_matrices, neuron_vectors
 PROBE_DEFAULTS = {"steps": 200, "learning_rate": 2e-5, "batch_size": 4, "max_grad_norm": 1.0,
                   "weight_decay": 0.0, "warmup_steps": 0, "schedule": "linear"}
 GRADIENT_DEFAULTS = {"steps": 24, "batch_size": 4}
+# drift-aware: the task's batches as for gradient, and as many batches of the base model's
+# own text (general_length tokens each) for the general-text side.
+DRIFT_AWARE_DEFAULTS = {**GRADIENT_DEFAULTS, "general_steps": 24, "general_length": 64}
 # The probe's optimizer, 1/10 of its steps at 2.5x its learning rate: on the development
 # pair (en-fr), lr 2e-5 / 5e-5 / 1e-4 gave 63 / 66 / 62% overlap with the K=200 probe after
 # 20 steps at the 6% budget; 25 steps gave 69% but took 11% of the probe's time on en-de
@@ -399,6 +405,60 @@ def _gradient_sums(inp: ScoreInput, settings: dict[str, Any], desc: str
     return sums, squares, steps
 
 
+def score_drift_aware(inp: ScoreInput) -> Scores:
+    """Ours: the task's gain per unit of general-text drift, one neuron at a time.
+
+    A neuron trained with Adam moves each weight by about the same step, so it lowers the
+    task loss by about that step times its mean task gradient's L1 norm, and it moves the
+    base model's predictions (drift, KL(base || tuned)) by about half the step squared
+    times the Fisher information of its weights. The score is the first over the second:
+    |mean task gradient|_1 / (mean squared gradient norm on general text + a small floor).
+    The general text is the base model's own samples (from BOS, temperature 1), so their
+    squared gradients are the model's Fisher, and no set that drift is measured on is used.
+    """
+    _refuse_sharded(inp.model, "drift-aware samples text from the model")
+    settings = scorer_settings(inp, "drift-aware")
+    for key in ("general_steps", "general_length"):
+        if int(settings[key]) != settings[key] or settings[key] < (2 if "length" in key else 1):
+            raise NeftError(f"{key}={settings[key]} must be a whole number of at least "
+                            f"{2 if 'length' in key else 1}")
+    general = base_samples(inp, int(settings["general_steps"]) * int(settings["batch_size"]),
+                           int(settings["general_length"]))
+    task, _, steps = _gradient_sums(inp, settings, "drift-aware: task")
+    _, squares, general_steps = _gradient_sums(
+        dataclasses.replace(inp, examples=general), {**settings, "steps":
+                                                     settings["general_steps"]},
+        "drift-aware: general text")
+    gain = [(sums.double() / steps).abs().sum(dim=1) for sums in task]
+    curvature = [total / general_steps for total in squares]
+    floor = 1e-3 * torch.cat(curvature).mean()
+    settings.update(selects="largest task gain per general-text Fisher",
+                    general_text="the base model's samples")
+    return [g / (c + floor) for g, c in zip(gain, curvature, strict=True)], settings
+
+
+def base_samples(inp: ScoreInput, count: int, length: int) -> list[dict[str, list[int]]]:
+    """count texts of length tokens sampled from the model (seeded, the caller's RNG left
+    alone), each its own labels: general text in the model's own distribution."""
+    model = inp.model
+    device = next(model.parameters()).device
+    start = model.config.bos_token_id
+    start = inp.pad_token_id if start is None else start
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(inp.seed)
+            prompt = torch.full((count, 1), start, dtype=torch.long, device=device)
+            ids = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=length - 1, min_new_tokens=length - 1,
+                                 pad_token_id=inp.pad_token_id)
+    finally:
+        model.train(was_training)
+    return [{"input_ids": row, "labels": row} for row in ids.tolist()]
+
+
 def score_reversed(inp: ScoreInput) -> Scores:
     """Highest similarity first: the paper's "Reversed" ablation (the least moved neurons).
     Without a reference, a probe is run as for ``probe``."""
@@ -423,5 +483,8 @@ register_scorer("cosine-normfree", partial(score_fast_probe, name="cosine-normfr
                 help="the fast probe's turn (1 - cos) times |w|^2: the paper's rule without "
                      "its lean to low-norm neurons")
 register_scorer("snip", score_snip, needs_data=True, defaults=GRADIENT_DEFAULTS)
+register_scorer("drift-aware", score_drift_aware, needs_data=True,
+                defaults=DRIFT_AWARE_DEFAULTS,
+                help="ours: task gradient per general-text Fisher (the model's own samples)")
 register_scorer("gradient", score_gradient, needs_data=True, defaults=GRADIENT_DEFAULTS,
                 help="ours: gradient statistics on --data")
