@@ -132,6 +132,22 @@ def test_unfinished_runs_are_redone_or_resumed(finished_grid, tmp_path) -> None:
     assert all(after[k] == v for k, v in before.items() if not k.startswith(tuple(outcome["ran"])))
 
 
+def test_a_dry_run_prices_what_is_left_at_the_pace_of_finished_runs(
+        finished_grid, tmp_path, capsys) -> None:
+    root, values = copy_of(finished_grid, tmp_path)
+    for cell, seconds in (("lora-r2-s1", 600.0), ("neft-6n-s1", 120.0)):
+        path = root / "cells" / cell / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "wall_seconds": seconds}))
+    (root / "cells/lora-r2-s2/result.json").unlink()  # left: 600 s, its cell's pace
+    (root / "cells/neft-6n-s2/result.json").unlink()  # left: 120 s
+    before = result_mtimes(root)
+    outcome = compare({**values, "dry_run": True})
+    assert outcome["ran"] == [] and result_mtimes(root) == before
+    assert outcome["hours_left"] == pytest.approx(720 / 3600)
+    out = capsys.readouterr().out
+    assert "(~10 min)" in out and "(~2 min)" in out and "0.2 h left for 2 of them" in out
+
+
 def test_changed_settings_are_never_reused(finished_grid, tmp_path) -> None:
     root, values = copy_of(finished_grid, tmp_path)
     changed = {**values, "train": {**values["train"], "max_steps": 3}}

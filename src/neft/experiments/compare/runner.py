@@ -404,25 +404,50 @@ class Grid:
 
 
 def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
-    """Print every run with its state; run nothing."""
+    """Print every run with its state, and the time the rest needs at the pace of the
+    finished runs (of the same cell where there are some); run nothing."""
     output_dir = plan.config.output_dir
     states: dict[str, list[str]] = {"done": [], "changed": [], "partial": [], "pending": []}
-    print(f"neft compare plan for {output_dir}:")
+    lines, took = [], {}
     for run in plan.all_runs():
+        result = load_result(output_dir, run)
         if run.folder in changed:
             state = "changed"
-        elif load_result(output_dir, run) is not None:
+        elif result is not None:
             state = "done"
+            if isinstance(result.get("wall_seconds"), int | float):
+                took.setdefault((run.kind, run.cell), []).append(result["wall_seconds"])
         elif os.path.isdir(os.path.join(output_dir, run.folder)):
             state = "partial"
         else:
             state = "pending"
         states[state].append(run.folder)
         steps = run.spec.get("train", {}).get("max_steps", "-")
-        print(f"  {state:<8} {run.folder:<40} {run.kind:<6} steps {steps}")
-    print("  " + ", ".join(f"{len(v)} {k}" for k, v in states.items()))
+        lines.append((run, state, f"  {state:<8} {run.folder:<40} {run.kind:<6} steps {steps}"))
+    print(f"neft compare plan for {output_dir}:")
+    left, guessed = 0.0, 0
+    for run, state, line in lines:
+        if state != "done":
+            guess = _pace(took, run)
+            if guess is not None:
+                left, guessed = left + guess, guessed + 1
+                line += f"  (~{guess / 60:.0f} min)"
+        print(line)
+    summary = ", ".join(f"{len(v)} {k}" for k, v in states.items())
+    if guessed:
+        summary += (f"; about {left / 3600:.1f} h left for {guessed} of them at the pace of "
+                    "the finished runs")
+    print("  " + summary)
     return {"ran": [], "skipped": states["done"], "failed": [], "states": states,
-            "report": None}
+            "report": None, "hours_left": left / 3600 if guessed else None}
+
+
+def _pace(took: dict[tuple[str, str], list[float]], run: Run) -> float | None:
+    """A run's expected seconds: the mean of its cell's finished runs of the same kind,
+    else of every finished run of that kind."""
+    same = took.get((run.kind, run.cell)) or [
+        t for (kind, _), times in took.items() if kind == run.kind for t in times]
+    return sum(same) / len(same) if same else None
 
 
 def compare(config_or_path: Any) -> dict[str, Any]:
