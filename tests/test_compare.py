@@ -146,6 +146,8 @@ def test_a_dry_run_prices_what_is_left_at_the_pace_of_finished_runs(
     assert outcome["hours_left"] == pytest.approx(720 / 3600)
     out = capsys.readouterr().out
     assert "(~10 min)" in out and "(~2 min)" in out and "0.2 h left for 2 of them" in out
+    compare(values)  # the progress line of a starting run says what is left
+    assert "about 0.2 h of runs left in the grid" in capsys.readouterr().out
 
 
 def test_changed_settings_are_never_reused(finished_grid, tmp_path) -> None:

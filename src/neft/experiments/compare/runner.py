@@ -386,7 +386,9 @@ class Grid:
             shutil.rmtree(folder)  # an unfinished run of other settings: start clean
         os.makedirs(folder, exist_ok=True)
         write_json(job_file, _job(plan, run))
-        progress.line(f"{_describe(run)}: running ({run.folder})")
+        left = time_left(plan)
+        eta = f"; about {left / 3600:.1f} h of runs left in the grid" if left else ""
+        progress.line(f"{_describe(run)}: running ({run.folder}{eta})")
         started = time.perf_counter()
         finished, message = launch(output_dir, run, self.config.isolate, self.lock_fd)
         took = _duration(time.perf_counter() - started)
@@ -408,15 +410,12 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
     finished runs (of the same cell where there are some); run nothing."""
     output_dir = plan.config.output_dir
     states: dict[str, list[str]] = {"done": [], "changed": [], "partial": [], "pending": []}
-    lines, took = [], {}
+    lines, took = [], finished_times(plan)
     for run in plan.all_runs():
-        result = load_result(output_dir, run)
         if run.folder in changed:
             state = "changed"
-        elif result is not None:
+        elif load_result(output_dir, run) is not None:
             state = "done"
-            if isinstance(result.get("wall_seconds"), int | float):
-                took.setdefault((run.kind, run.cell), []).append(result["wall_seconds"])
         elif os.path.isdir(os.path.join(output_dir, run.folder)):
             state = "partial"
         else:
@@ -440,6 +439,26 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
     print("  " + summary)
     return {"ran": [], "skipped": states["done"], "failed": [], "states": states,
             "report": None, "hours_left": left / 3600 if guessed else None}
+
+
+def finished_times(plan: Plan) -> dict[tuple[str, str], list[float]]:
+    """Wall seconds of the finished runs, by (kind, cell)."""
+    took: dict[tuple[str, str], list[float]] = {}
+    for run in plan.all_runs():
+        result = load_result(plan.config.output_dir, run)
+        if result is not None and isinstance(result.get("wall_seconds"), int | float):
+            took.setdefault((run.kind, run.cell), []).append(result["wall_seconds"])
+    return took
+
+
+def time_left(plan: Plan) -> float | None:
+    """Seconds the unfinished runs need at the pace of the finished ones (None before any
+    has finished); generation of best runs not counted."""
+    took = finished_times(plan)
+    guesses = [_pace(took, run) for run in plan.all_runs()
+               if load_result(plan.config.output_dir, run) is None]
+    known = [g for g in guesses if g is not None]
+    return sum(known) if known else None
 
 
 def _pace(took: dict[tuple[str, str], list[float]], run: Run) -> float | None:
