@@ -418,10 +418,9 @@ def score_drift_aware(inp: ScoreInput) -> Scores:
     """
     _refuse_sharded(inp.model, "drift-aware samples text from the model")
     settings = scorer_settings(inp, "drift-aware")
-    for key in ("general_steps", "general_length"):
-        if int(settings[key]) != settings[key] or settings[key] < (2 if "length" in key else 1):
-            raise NeftError(f"{key}={settings[key]} must be a whole number of at least "
-                            f"{2 if 'length' in key else 1}")
+    for key, least in (("general_steps", 1), ("general_length", 2)):  # 2: a token to predict
+        if int(settings[key]) != settings[key] or settings[key] < least:
+            raise NeftError(f"{key}={settings[key]} must be a whole number of at least {least}")
     general = base_samples(inp, int(settings["general_steps"]) * int(settings["batch_size"]),
                            int(settings["general_length"]))
     task, _, steps = _gradient_sums(inp, settings, "drift-aware: task")

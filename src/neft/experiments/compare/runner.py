@@ -410,11 +410,12 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
     finished runs (of the same cell where there are some); run nothing."""
     output_dir = plan.config.output_dir
     states: dict[str, list[str]] = {"done": [], "changed": [], "partial": [], "pending": []}
-    lines, took = [], finished_times(plan)
-    for run in plan.all_runs():
+    print(f"neft compare plan for {output_dir}:")
+    timed = paced_runs(plan)
+    for run, result, guess in timed:
         if run.folder in changed:
             state = "changed"
-        elif load_result(output_dir, run) is not None:
+        elif result is not None:
             state = "done"
         elif os.path.isdir(os.path.join(output_dir, run.folder)):
             state = "partial"
@@ -422,51 +423,45 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
             state = "pending"
         states[state].append(run.folder)
         steps = run.spec.get("train", {}).get("max_steps", "-")
-        lines.append((run, state, f"  {state:<8} {run.folder:<40} {run.kind:<6} steps {steps}"))
-    print(f"neft compare plan for {output_dir}:")
-    left, guessed = 0.0, 0
-    for run, state, line in lines:
-        if state != "done":
-            guess = _pace(took, run)
-            if guess is not None:
-                left, guessed = left + guess, guessed + 1
-                line += f"  (~{guess / 60:.0f} min)"
-        print(line)
+        more = f"  (~{guess / 60:.0f} min)" if state != "done" and guess is not None else ""
+        print(f"  {state:<8} {run.folder:<40} {run.kind:<6} steps {steps}{more}")
+    left = _left(timed)
     summary = ", ".join(f"{len(v)} {k}" for k, v in states.items())
-    if guessed:
+    if left is not None:
+        guessed = sum(result is None and guess is not None for _, result, guess in timed)
         summary += (f"; about {left / 3600:.1f} h left for {guessed} of them at the pace of "
                     "the finished runs")
     print("  " + summary)
     return {"ran": [], "skipped": states["done"], "failed": [], "states": states,
-            "report": None, "hours_left": left / 3600 if guessed else None}
+            "report": None, "hours_left": None if left is None else left / 3600}
 
 
-def finished_times(plan: Plan) -> dict[tuple[str, str], list[float]]:
-    """Wall seconds of the finished runs, by (kind, cell)."""
+def paced_runs(plan: Plan) -> list[tuple[Run, dict[str, Any] | None, float | None]]:
+    """Every run with its result (None while unfinished) and its expected wall seconds:
+    the mean of its cell's finished runs of the same kind, else of every finished run of
+    that kind (None before any has finished). Each result is read once."""
+    timed = [(run, load_result(plan.config.output_dir, run)) for run in plan.all_runs()]
     took: dict[tuple[str, str], list[float]] = {}
-    for run in plan.all_runs():
-        result = load_result(plan.config.output_dir, run)
+    for run, result in timed:
         if result is not None and isinstance(result.get("wall_seconds"), int | float):
             took.setdefault((run.kind, run.cell), []).append(result["wall_seconds"])
-    return took
+    paced = []
+    for run, result in timed:
+        same = took.get((run.kind, run.cell)) or [
+            t for (kind, _), times in took.items() if kind == run.kind for t in times]
+        paced.append((run, result, sum(same) / len(same) if same else None))
+    return paced
+
+
+def _left(timed: list[tuple[Run, dict[str, Any] | None, float | None]]) -> float | None:
+    known = [guess for _, result, guess in timed if result is None and guess is not None]
+    return sum(known) if known else None
 
 
 def time_left(plan: Plan) -> float | None:
     """Seconds the unfinished runs need at the pace of the finished ones (None before any
     has finished); generation of best runs not counted."""
-    took = finished_times(plan)
-    guesses = [_pace(took, run) for run in plan.all_runs()
-               if load_result(plan.config.output_dir, run) is None]
-    known = [g for g in guesses if g is not None]
-    return sum(known) if known else None
-
-
-def _pace(took: dict[tuple[str, str], list[float]], run: Run) -> float | None:
-    """A run's expected seconds: the mean of its cell's finished runs of the same kind,
-    else of every finished run of that kind."""
-    same = took.get((run.kind, run.cell)) or [
-        t for (kind, _), times in took.items() if kind == run.kind for t in times]
-    return sum(same) / len(same) if same else None
+    return _left(paced_runs(plan))
 
 
 def compare(config_or_path: Any) -> dict[str, Any]:
