@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 
-def bf16_compute(model: nn.Module, enabled: bool) -> AbstractContextManager:
-    """autocast to bfloat16 on the model's device when enabled, else nothing."""
-    if not enabled:
-        return contextlib.nullcontext()
-    device = next(model.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16)
+def bf16_compute(enabled: bool, *models: nn.Module) -> AbstractContextManager:
+    """autocast to bfloat16 on every device the models sit on when enabled, else nothing."""
+    stack = contextlib.ExitStack()
+    if enabled:
+        for device in sorted({next(m.parameters()).device.type for m in models}):
+            stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
+    return stack

@@ -117,7 +117,7 @@ def target_loss(
     lengths = [len(example["input_ids"]) for example in dataset.examples]
     check_length(model, max(lengths), f"the longest example (max_length {max_length})",
                  "pass --max_length {room} or less")
-    with _EvalMode(model), bf16_compute(model, bf16), tqdm(
+    with _EvalMode(model), bf16_compute(bf16, model), tqdm(
             total=len(dataset), desc="test loss", unit="ex",
                                 disable=not progress, file=sys.stderr) as bar:
         for batch in _batches(lengths, batch_size):
@@ -183,7 +183,7 @@ def drift(
     nll_base = [0.0] * len(texts)
     nll_tuned = [0.0] * len(texts)
     counts = [0] * len(texts)
-    with _EvalMode(model, base), bf16_compute(model, bf16), tqdm(
+    with _EvalMode(model, base), bf16_compute(bf16, model, base), tqdm(
             total=len(windows), desc="drift", unit="win",
                                       disable=not progress, file=sys.stderr) as bar:
         for batch in _batches([len(ids) for _, ids in windows], batch_size):

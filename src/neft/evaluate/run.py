@@ -108,7 +108,7 @@ def evaluate_model(
         if stop_at_newline is None:
             stop_at_newline = not any("\n" in ref for ref in refs)
         start = time.perf_counter()
-        with bf16_compute(model, bf16):
+        with bf16_compute(bf16, model):
             hyps, counts, ended = _generate(model, tokenizer, [p for p, _ in pairs],
                                             batch_size, max_new_tokens, no_repeat_ngram_size,
                                             stop_at_newline, progress)

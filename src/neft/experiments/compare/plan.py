@@ -350,6 +350,9 @@ def build_plan(config: CompareConfig) -> Plan:
                 raise NeftError(f"{where}: learning_rate {seeded:g} (the rate of the other "
                                 f"seeds) must be one of learning_rates {rates}")
             source = "front"
+        if front is not None and front["steps"] and any(k in raw for k in ("eval_steps",
+                                                                          "max_steps")):
+            _check_front_steps(front["steps"], train, f"{where} ({name})")
         cells.append(Cell(name, method, train, _ints(raw.get("seeds", seeds), f"{where}.seeds"),
                           label, source, own_sweep=own_sweep, learning_rates=rates,
                           seeded_rate=seeded))
@@ -462,10 +465,7 @@ def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | No
     steps = front.get("steps")
     if steps is not None:
         steps = sorted(_ints(steps, "front.steps"))
-        eval_steps = shared.get("eval_steps", 50)
-        if any(step < 1 or (eval_steps and step % eval_steps) for step in steps):
-            raise NeftError(f"front.steps {steps}: each must be a positive multiple of "
-                            f"train.eval_steps ({eval_steps}), where dev loss is measured")
+        _check_front_steps(steps, shared, "train")
     generate = front.get("generate", "best")
     if generate not in ("best", "all", "none"):
         raise NeftError(f"front.generate must be best (each cell's best-dev-loss run), all or "
@@ -485,6 +485,18 @@ def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | No
     return {"steps": steps, "drift_data": drift_data, "generate": generate,
             "loss_samples": loss_samples, "drift_sets": prints,
             "spec": {"steps": steps, "drift_sets": prints, "loss_samples": loss_samples}}
+
+
+def _check_front_steps(steps: list[int], train: dict[str, Any], where: str) -> None:
+    """A front point is measured where dev loss is, so each step must be an evaluation step
+    that the run reaches."""
+    eval_steps, max_steps = train.get("eval_steps", 50), train.get("max_steps")
+    if any(step < 1 or (eval_steps and step % eval_steps) for step in steps):
+        raise NeftError(f"front.steps {steps}: each must be a positive multiple of "
+                        f"{where}.eval_steps ({eval_steps}), where dev loss is measured")
+    if isinstance(max_steps, int) and max_steps > 0 and steps[-1] > max_steps:
+        raise NeftError(f"front.steps {steps}: {steps[-1]} is past {where}.max_steps "
+                        f"({max_steps}); drop it or train longer")
 
 
 def _reference(config: CompareConfig, cells: list[Cell], front: dict[str, Any] | None
