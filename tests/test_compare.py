@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from neft import NeftError
+from neft import NeftError, NeuronSet
 from neft.cli import main as cli_main
 from neft.compare import CompareConfig, build_plan, compare
 from neft.config import from_dict
@@ -283,3 +284,19 @@ def test_runs_in_their_own_processes(tiny_model_dir, toy_data_dir, tmp_path) -> 
     assert not list((tmp_path / "cells/lora-r2-s1/train").glob("checkpoint-*"))
     assert "lora-r2" in (tmp_path / "compare.md").read_text()
     assert os.path.isfile(tmp_path / "compare.log")
+
+
+def test_a_neft_cell_with_a_quota_and_a_layer_band_trains(tiny_model_dir, toy_data_dir,
+                                                          tmp_path) -> None:
+    """The grid selects once with the cell's quota and band, then trains on that set."""
+    values = grid(tiny_model_dir, toy_data_dir, tmp_path, seeds=[1], lr_sweep=None,
+                  methods=[{"method": "neft", "scorer": "magnitude", "num_neurons": 8,
+                            "select_quota": "layer", "select_layers": "upper:1",
+                            "learning_rate": 1e-2}])
+    outcome = compare(values)
+    assert not outcome["failed"] and len(outcome["ran"]) == 1
+    (path,) = (tmp_path / "neurons").glob("*")
+    neurons = NeuronSet.load(str(path))
+    assert neurons.metadata["quota"] == "layer" and neurons.num_neurons() == 8
+    layers = {int(re.search(r"layers\.(\d+)\.", name).group(1)) for name in neurons.to_mapping()}
+    assert layers == {max(layers)} and max(layers) > 0  # the upper layer only

@@ -489,6 +489,12 @@ def test_the_selection_study_names_a_winner_only_without_a_resolved_loss():
                  ("c", "not resolved"))
     summary = grid(("a", "better (the other front never reaches this loss)"),
                    ("b", "better"), ("c", "better"))
-    assert study.tally(en_de["rows"])["b"] == {"better": 1, "worse": 1, "verdicts": 2}
+    assert study.tally(en_de["rows"])["b"] == {"better": 1, "on_line": 0, "worse": 1,
+                                               "verdicts": 2}
     assert study.winners([en_de, summary]) == ["a"]  # b lost once, c never won on en-de
     assert study.winners([en_de]) == ["a"]
+    on_line = {"rows": [{"reference": "a", "verdict": "better", "from_base": True},
+                        {"reference": "d", "verdict": "better", "past_front": True},
+                        {"reference": "d", "verdict": "better"}]}
+    assert study.tally(on_line["rows"])["a"]["on_line"] == 1
+    assert study.winners([on_line]) == ["d"]  # a's only win was read on a line

@@ -165,7 +165,9 @@ def run_job(folder: str) -> dict[str, Any]:
                                          front["steps"]))
         if job.get("neurons"):
             ensure_neurons(train_values, job["neurons"])
-            train_values = {**train_values, "neurons": job["neurons"]}
+            # the set is made: its layers and quota are in its metadata and the run's spec
+            train_values = {**train_values, "neurons": job["neurons"], "select_layers": None,
+                            "select_quota": None}
 
             metadata = NeuronSet.load(job["neurons"]).metadata
             result["selection_seconds"] = metadata.get("wall_time_s")
