@@ -300,3 +300,19 @@ def test_a_neft_cell_with_a_quota_and_a_layer_band_trains(tiny_model_dir, toy_da
     assert neurons.metadata["quota"] == "layer" and neurons.num_neurons() == 8
     layers = {int(re.search(r"layers\.(\d+)\.", name).group(1)) for name in neurons.to_mapping()}
     assert layers == {max(layers)} and max(layers) > 0  # the upper layer only
+
+
+def test_a_grid_reads_back_from_anywhere(tiny_model_dir, toy_data_dir, tmp_path,
+                                         monkeypatch) -> None:
+    """A report tool run from another folder still finds a grid's relative data paths."""
+    from neft.experiments.compare.results import current, grid_plan
+
+    work = tmp_path / "worktree"
+    work.mkdir()
+    shutil.copytree(toy_data_dir, work / "data")
+    monkeypatch.chdir(work)
+    compare(grid(tiny_model_dir, "data", "outputs/g", seeds=[1], lr_sweep=None,
+                 methods=[{"method": "lora", "lora_r": 2, "learning_rate": 1e-2}]))
+    monkeypatch.chdir(tmp_path)
+    plan, _ = grid_plan(str(work / "outputs/g"))
+    assert plan.runs and all(current(plan, run) is not None for run in plan.runs)

@@ -3,6 +3,7 @@ best run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -15,10 +16,25 @@ from .worker import RESULT_FILE
 
 def grid_plan(folder: str, report: str = "compare.json") -> tuple[Plan, dict[str, Any]]:
     """The plan of a grid folder, from the config its report recorded (the folder may have
-    moved since), and that report: what reads a grid without rerunning it starts here."""
+    moved since), and that report: what reads a grid without rerunning it starts here.
+    Relative paths in the config (data, drift sets) are read from where the grid ran."""
+    folder = os.path.abspath(folder)
     written = read_json(os.path.join(folder, report))
     config = from_dict(CompareConfig, {**written["config"], "output_dir": folder})
-    return build_plan(config), written
+    ran_in = _ran_in(folder, str(written["config"].get("output_dir") or ""))
+    with contextlib.chdir(ran_in) if ran_in else contextlib.nullcontext():
+        return build_plan(config), written
+
+
+def _ran_in(folder: str, recorded: str) -> str | None:
+    """The folder `neft compare` ran in, when the grid still sits at the relative
+    output_dir it was given (outputs/compare/x under /work/wt inside /work/wt)."""
+    recorded = os.path.normpath(recorded)
+    if not recorded or os.path.isabs(recorded) or recorded.startswith(".."):
+        return None
+    if folder.endswith(os.sep + recorded):
+        return folder[: -len(recorded) - 1] or os.sep
+    return None
 
 
 def load_result(output_dir: str, run: Run) -> dict[str, Any] | None:
