@@ -28,7 +28,7 @@ from neft.data.sources import (
 from neft.errors import NeftError
 from neft.evaluate import evaluate_model
 from neft.evaluate.likelihood import drift, target_loss, text_windows
-from neft.experiments.compare.plan import CompareConfig
+from neft.experiments.compare.plan import CompareConfig, _cell_name
 from neft.experiments.compare.verdicts import drift_at, envelope, loss_at
 
 TEXTS = ["the red file is open and shared with the remote host",
@@ -498,3 +498,45 @@ def test_the_selection_study_names_a_winner_only_without_a_resolved_loss():
                         {"reference": "d", "verdict": "better"}]}
     assert study.tally(on_line["rows"])["a"]["on_line"] == 1
     assert study.winners([on_line]) == ["d"]  # a's only win was read on a line
+
+
+@pytest.mark.parametrize("screen", ["selection-en-de", "selection-sum-en-en",
+                                    "evidence-en-de", "evidence-sum-en-en"])
+def test_every_cell_of_a_committed_grid_runs_end_to_end(tiny_model_dir, toy_data_dir,
+                                                        tmp_path, screen):
+    """Each method, scorer and allocation the grid names selects, trains and is measured,
+    on a tiny model (its own count, band and one rate, the grid's cells otherwise): hours
+    of a grid are not spent to find one cell failing."""
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compare",
+                        f"{screen}.yaml")
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    methods = []
+    for cell in config["methods"]:
+        name = cell.get("name") or _cell_name(cell["method"], cell, "lora8")  # the screen's
+        cell = {**cell, "name": name, "seeds": [1]}
+        if cell.pop("match_lora", None):
+            cell["num_neurons"] = 6
+        if cell["method"] == "lora":
+            cell["lora_r"] = 2
+        if "learning_rates" in cell:
+            cell.pop("learning_rate", None)
+            cell["learning_rates"] = [1e-2]
+        if "select_layers" in cell:
+            cell["select_layers"] = "upper:1"
+        methods.append(cell)
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, seeds=[1], methods=methods,
+                        reference=config.get("reference"),
+                        test_split=config.get("test_split", "test"),
+                        front={**config["front"], "steps": [2, 4]})
+    values["front"]["drift_data"] = str(tmp_path / "toy.jsonl")
+    outcome = compare(values)
+    assert not outcome["failed"]
+    finished = {p.parent.name for p in (tmp_path / "out/cells").glob("*/result.json")}
+    for name in (m["name"] for m in methods):
+        assert any(f == f"{name}-s1" or f.startswith(f"{name}-lr") for f in finished), name
+    verdicts = json.loads((tmp_path / "out/compare.json").read_text())["fronts"]["verdicts"]
+    others = {m["name"] for m in methods} - {config["reference"]}
+    assert {r["other"] for r in verdicts if r["reference"] == config["reference"]} == others
