@@ -273,9 +273,16 @@ def test_a_failing_run_stops_only_itself(tiny_model_dir, toy_data_dir, tmp_path)
 def test_runs_in_their_own_processes(tiny_model_dir, toy_data_dir, tmp_path) -> None:
     values = grid(tiny_model_dir, toy_data_dir, tmp_path, isolate=True, seeds=[1],
                   lr_sweep=None, keep_checkpoints=False,
-                  methods=[{"method": "lora", "lora_r": 2, "learning_rate": 1e-2}])
+                  methods=[{"method": "lora", "lora_r": 2, "learning_rate": 1e-2},
+                           {"method": "neft", "num_neurons": 10**6, "learning_rate": 1e-2}])
     outcome = compare(values)
-    assert outcome["ran"] == ["cells/lora-r2-s1"] and not outcome["failed"]
+    assert outcome["ran"] == ["cells/lora-r2-s1"]
+    assert outcome["failed"] == ["cells/neft-1000000n-s1"]
+    # the failed process's own error reaches the grid's log, and nothing of it counts
+    log = (tmp_path / "compare.log").read_text()
+    assert "FAILED" in log and "exit status 2" in log and "exceeds the candidate pool" in log
+    assert "RuntimeWarning" not in log
+    assert not (tmp_path / "cells/neft-1000000n-s1/result.json").exists()
     result = json.loads((tmp_path / "cells/lora-r2-s1/result.json").read_text())
     assert result["memory_scope"] == "peak RSS of the run's process"
     assert result["learning_rate"] == 1e-2 and result["spec"]["lr"]["source"] == "given"

@@ -33,6 +33,8 @@ from .worker import JOB_FILE, RESULT_FILE, RUN_LOG_FILE, run_job
 LOCK_FILE = "compare.lock"
 PROGRESS_FILE = "compare.log"
 TRAIN_FOLDER = "train"  # a run folder's training output, kept when only scoring changes
+WORKER_MAIN = ("import sys; from neft.experiments.compare.worker import main; "
+               "sys.exit(main(sys.argv[1:]))")  # one run in its own process
 
 
 # ----------------------------------------------------------------------------- state
@@ -119,7 +121,8 @@ def launch(output_dir: str, run: Run, isolate: bool, lock_fd: int | None = None
     with open(os.path.join(folder, RUN_LOG_FILE), "a", encoding="utf-8") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start\n")
         log.flush()
-        worker = [sys.executable, "-m", "neft.experiments.compare.worker", run.folder]
+        # -c, not -m: the package has imported the worker module already
+        worker = [sys.executable, "-c", WORKER_MAIN, run.folder]
         process = subprocess.Popen(worker,
                                    cwd=output_dir, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    pass_fds=() if lock_fd is None else (lock_fd,),
