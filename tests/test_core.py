@@ -4,6 +4,7 @@ exactly, and agree with the paper's gradient-masking reference."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 import torch
@@ -192,6 +193,31 @@ def test_mask_mode_keeps_dense_gradients_but_masks_them() -> None:
         assert not grad[~mask].any() and grad[mask].abs().sum() > 0
     trainable, _ = neft.get_nb_trainable_parameters()
     assert trainable == neurons.num_parameters()
+
+
+def test_a_mask_mode_adapter_saves_as_deltas_and_turns_off(tmp_path, caplog) -> None:
+    """The paper's mode trains whole weights in place, yet its adapter is the same compact
+    file: loaded in compact mode it gives the same logits; disabled, the base's."""
+    base_logits = logits(make_model("llama"))
+    neurons = pick_neurons(make_model("llama"))
+    neft = get_neft_model(make_model("llama"), NeftConfig(neurons=neurons, mode="mask"))
+    train_steps(neft, optimizer="sgd")
+    expected = logits(neft)
+    with caplog.at_level(logging.WARNING, logger="neft"):
+        with neft.disable_adapter():
+            torch.testing.assert_close(logits(neft), base_logits, **TOL)
+        torch.testing.assert_close(logits(neft), expected, **TOL)
+        with pytest.raises(NeftError, match="cannot unmerge"):
+            neft.unmerge_adapter()
+        neft.save_pretrained(tmp_path)
+    assert not caplog.records
+    loaded = NeftModel.from_pretrained(make_model("llama"), tmp_path)
+    torch.testing.assert_close(logits(loaded), expected, **TOL)
+    # AdamW's weight decay moves the masked-off weights too: saying so, not hiding it
+    train_steps(neft, optimizer="adamw")
+    with caplog.at_level(logging.WARNING, logger="neft"):
+        neft.save_pretrained(tmp_path / "decayed")
+    assert "weight_decay=0" in caplog.text
 
 
 def test_optimizer_state_is_the_selected_neurons_only() -> None:

@@ -428,6 +428,18 @@ class NeuronMaskLayer(_NeuronLayerBase):
                              persistent=False)
         self._hook = weight.register_hook(lambda grad: grad * self.neft_mask)
         self.merged = True
+        self._off_mask = self._off_mask_sum()
+
+    @torch.no_grad()
+    def _off_mask_sum(self) -> float:
+        weight = self.base_layer.weight
+        return float((weight.double().abs() * (1 - self.neft_mask.double())).sum())
+
+    def moved_off_mask(self) -> bool:
+        """Whether weights off the mask changed (AdamW's weight decay moves them): then
+        the deltas of the selected slices, which an adapter holds, no longer reproduce
+        the trained layer, and disabling it does not give the base layer."""
+        return self._off_mask_sum() != self._off_mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:

@@ -290,6 +290,7 @@ class NeftModel(nn.Module):
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model as if no neurons were trained (merged deltas included)."""
+        self._warn_if_moved_off_mask("with the adapter disabled the model is not the base")
         layers = [layer for _, layer in self.neft_layers()]
         remerge = [layer for layer in layers
                    if isinstance(layer, NeuronDeltaLayer) and layer.merged]
@@ -305,11 +306,22 @@ class NeftModel(nn.Module):
             for layer in remerge:
                 layer.merge()
 
+    def _warn_if_moved_off_mask(self, consequence: str) -> None:
+        moved = [path for path, layer in self.neft_layers()
+                 if isinstance(layer, NeuronMaskLayer) and layer.moved_off_mask()]
+        if moved:
+            logger.warning("mask mode: weights off the selected neurons changed in %d modules "
+                           "(e.g. %s; weight decay does that), so %s; train mask mode with "
+                           "weight_decay=0, or use mode='compact'", len(moved), moved[0],
+                           consequence)
+
     # -- save / load -----------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Indices and deltas of every module, keyed ``<module>::rows|cols|delta_*``.
         Sharded deltas are gathered (a collective under FSDP2 / ZeRO-3: call on all ranks)."""
         tensors = self.neurons.tensors()
+        self._warn_if_moved_off_mask("the adapter holds the selected slices only and will not "
+                                     "reproduce this model")
         for path, layer in self.neft_layers():
             delta_rows, delta_cols = layer.get_deltas()
             if layer.neft_rows.numel():
