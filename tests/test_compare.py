@@ -255,6 +255,16 @@ def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) 
                                       "test_split": "nope"}))
     assert cli_main(["compare", "--config", str(config)]) == 2
     assert "nope" in capsys.readouterr().err
+    # a broken line deep in the training split fails before any run, and writes nothing
+    data = tmp_path / "data"
+    shutil.copytree(toy_data_dir, data)
+    lines = (data / "train.jsonl").read_text().splitlines()
+    (data / "train.jsonl").write_text("\n".join([*lines[:5], '{"source": "a",', *lines[5:]]))
+    output = tmp_path / "grid"
+    config.write_text(yaml.safe_dump(grid(tiny_model_dir, str(data), output)))
+    assert cli_main(["compare", "--config", str(config)]) == 2
+    assert "train.jsonl:6: malformed JSON" in capsys.readouterr().err
+    assert not output.exists()
 
 
 def test_a_failing_run_stops_only_itself(tiny_model_dir, toy_data_dir, tmp_path) -> None:

@@ -82,6 +82,8 @@ def world(tiny_model_dir: str, toy_data_dir: str, tmp_path_factory) -> dict[str,
     (root / "damaged-run" / "neft_run.json").write_text("{")
     (root / "notes").mkdir()
     (root / "notes" / "mine.txt").write_text("not a run")
+    shutil.copytree(adapter, root / "run-with-data", ignore=shutil.ignore_patterns("check*"))
+    shutil.copy(f"{toy_data_dir}/train.jsonl", root / "run-with-data" / "mine.jsonl")
 
     select_neurons(paths["m2"], "random", neurons=4, progress=False).save(root / "set2.safetensors")
     select_neurons(tiny_model_dir, "random", neurons=4, progress=False).save(
@@ -212,6 +214,10 @@ CASES = [
     # output folders
     ("output_dir holding another run", T(out="{adapter}"),
      r"already holds a run; pass --resume to continue it or --overwrite to replace it"),
+    ("--overwrite of the folder that holds the data",
+     T("--overwrite", out="{run-with-data}", data="{run-with-data}/mine.jsonl"),
+     r"--train_file .*mine\.jsonl lies inside output_dir .*run-with-data, which --overwrite "
+     r"or a failed start clears; move it out"),
     ("--overwrite with bad input keeps the old run",
      T("--overwrite", out="{adapter}", data="{malformed.jsonl}"), r"malformed JSON"),
     ("--resume with other options", T("--resume", "--seed", "7", out="{adapter}"),
@@ -226,10 +232,13 @@ CASES = [
      r"is not empty; pass --overwrite to replace it"),
     ("merge --overwrite of the adapter", [*MERGE[:-1], "{adapter}", "--adapter", "{adapter}",
                                           "--overwrite"],
-     r"is the folder being merged from; write the merged model to a new folder"),
+     r"which is being merged from; write the export to a new folder"),
     ("merge --overwrite of other files", [*MERGE[:-1], "{notes}", "--adapter", "{adapter}",
                                           "--overwrite"],
-     r"holds files that are not a model; --overwrite replaces only"),
+     r"is not a folder that neft export or neft merge wrote; --overwrite replaces only"),
+    ("merge --overwrite of a model it did not write", [*MERGE[:-1], "{m2}", "--adapter",
+                                                       "{adapter}", "--overwrite"],
+     r"model2 is not a folder that neft export or neft merge wrote"),
     ("select --output that is a folder", [*SELECT[:-2], "{notes}", "--neurons", "3"],
      r"notes is a folder; give a file name"),
     ("eval --output_file that is a folder", ["eval", "--model", "{m}", "--data", "{d}",
@@ -435,3 +444,17 @@ def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys) -> None:
     from neft.core.neuron_set import NeuronSet
 
     assert NeuronSet.load(out).num_neurons() == 3
+
+
+def test_a_logger_that_is_not_installed_fails_before_the_folder_is_touched(
+        world, monkeypatch, capsys) -> None:
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations",
+                        lambda: [])
+    before = snapshot(world["root"])
+    args = fill(T("--overwrite", "--report_to", "tensorboard", out="{adapter}"), world)
+    assert run_cli(args) == 2
+    assert "report_to tensorboard needs its package, which is not installed: pip install " \
+        "tensorboard, or pass --report_to none" in capsys.readouterr().err
+    assert snapshot(world["root"]) == before

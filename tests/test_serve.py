@@ -106,7 +106,8 @@ def test_export_cli_reports_sizes(saved: dict, capsys: pytest.CaptureFixture) ->
     assert re.search(r"LoRA adapter written to .*cli-lora: 3 modules, rank 8, [\d.]+ MB "
                      r"\(neft adapter [\d.]+ MB, x[\d.]+\)", line), line
     assert sorted(os.listdir(out)) == ["README.md", "adapter_config.json",
-                                       "adapter_model.safetensors"]
+                                       "adapter_model.safetensors", "neft_export.json"]
+    assert json.loads((out / "neft_export.json").read_text())["format"] == "lora"
     assert front_matter((out / "README.md").read_text())["library_name"] == "peft"
     # an earlier export may be replaced, with --overwrite only
     assert main(["export", "--adapter", saved["adapter"], "--output_dir", str(out),
@@ -141,10 +142,13 @@ def test_export_bad_input(saved: dict, capsys: pytest.CaptureFixture) -> None:
     _one_line_exit_2([*E, "--adapter", adapter, "--output_dir", str(notes)], capsys,
                      r"is not empty; pass --overwrite to replace it")
     _one_line_exit_2([*E, "--adapter", adapter, "--output_dir", str(notes), "--overwrite"],
-                     capsys, r"holds files that are not a LoRA adapter; --overwrite replaces "
-                     "only an earlier exported adapter")
+                     capsys, r"is not a folder that neft export or neft merge wrote; "
+                     "--overwrite replaces only an earlier export")
     _one_line_exit_2([*E, "--adapter", adapter, "--output_dir", adapter, "--overwrite"],
-                     capsys, r"is the folder being exported from")
+                     capsys, r"which is being exported from; write the export to a new folder")
+    # nor the folder that holds it (a training run with its checkpoints)
+    _one_line_exit_2([*E, "--adapter", adapter, "--output_dir", os.path.dirname(adapter),
+                      "--overwrite"], capsys, r"which is being exported from")
     _one_line_exit_2([*E, "--adapter", adapter, "--output_dir", str(root / "x"),
                       "--format", "merged", "--max_rank", "8"], capsys,
                      r"--max_rank is for --format lora")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import NeftError
 from .card import CARD_NAME, lora_card
 from .io import atomic_save_file, check_output_dir, staged_folder, write_json, write_text
@@ -30,6 +31,8 @@ from .neurons import is_conv1d, linear_shape, model_fingerprint
 logger = logging.getLogger(__name__)
 
 FORMATS = ("lora", "merged")
+# Left in every folder export and merge write: --overwrite replaces only such a folder.
+EXPORT_RECORD = "neft_export.json"
 # Ranks vLLM accepts for --max-lora-rank (the usual padding targets).
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -115,8 +118,7 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
         raise NeftError(f"--max_rank must be a positive rank (vLLM: {VLLM_RANKS}), not "
                         f"{max_rank}")
     config = check_neft_adapter(adapter_dir)
-    check_output_dir(output_dir, overwrite, [adapter_dir], marker=CONFIG_NAME,
-                     what="exported adapter", verb="exported", kind="LoRA adapter")
+    _check_export_dir(output_dir, overwrite, [adapter_dir])
     base = model or config.get("base_model_name_or_path")
     if not base:
         raise NeftError(f"adapter {adapter_dir} does not name its base model; pass --model")
@@ -178,6 +180,7 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
         write_text(os.path.join(staging, CARD_NAME),
                    lora_card(base, adapter_dir, len(ranks),
                              (min(ranks.values()), top), max_rank))
+        _write_record(staging, "lora", adapter_dir, base)
     report = {"output_dir": output_dir, "modules": len(ranks), "min_rank": min(ranks.values()),
               "max_rank": top, "padded_to": max_rank,
               "bytes": os.path.getsize(os.path.join(output_dir, WEIGHTS_NAME)),
@@ -206,10 +209,11 @@ def _delta(tensors: dict[str, torch.Tensor], path: str, axis: str, shape: tuple[
 def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool = False) -> str:
     """The base model with the adapter's deltas added (exact), saved whole with its
     tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`)."""
-    check_output_dir(output_dir, overwrite, [adapter] + ([model_name] if model_name else []))
+    _check_export_dir(output_dir, overwrite, [adapter] + ([model_name] if model_name else []),
+                      "merged")
     if model_name is None:
         model_name = NeftModel.saved_base_name(adapter)
-        check_output_dir(output_dir, overwrite, [model_name])
+        _check_export_dir(output_dir, overwrite, [model_name], "merged")
         base, tokenizer = load_adapter_base(model_name, adapter)
     else:
         base, tokenizer = load_model(model_name)
@@ -217,7 +221,21 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     with staged_folder(output_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _write_record(staging, "merged", adapter, model_name)
     return output_dir
+
+
+def _check_export_dir(output_dir: str, overwrite: bool, inputs: list[str],
+                      verb: str = "exported") -> None:
+    check_output_dir(output_dir, overwrite, inputs, marker=EXPORT_RECORD, what="export",
+                     verb=verb, kind="a folder that neft export or neft merge wrote")
+
+
+def _write_record(folder: str, format: str, adapter: str, base: str) -> None:
+    """What the folder was made from: provenance, and the mark --overwrite looks for."""
+    write_json(os.path.join(folder, EXPORT_RECORD),
+               {"format": format, "adapter": os.path.abspath(adapter), "base_model": base,
+                "neft_version": __version__})
 
 
 def export(adapter_dir: str, output_dir: str, format: str = "lora", *, model: str | None = None,

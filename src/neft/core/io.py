@@ -252,15 +252,15 @@ def clear_folder(folder: str, keep: Callable[[str], bool] = is_lock_file) -> Non
 
 
 def check_output_dir(output_dir: str, overwrite: bool, inputs: list[str], *,
-                     marker: str = "config.json", what: str = "merged model",
-                     verb: str = "merged", kind: str = "model") -> None:
+                     marker: str, what: str, verb: str, kind: str) -> None:
     """Where a written folder (a merged model, an exported adapter) may go. --overwrite
-    replaces an earlier folder of the same kind (it holds ``marker``), never an input being
-    read, nor a folder of other files (nothing is lost)."""
+    replaces an earlier folder that this kind of command wrote (it holds ``marker``), never
+    an input being read or a folder holding one, nor a folder of other files (nothing is
+    lost)."""
     for source in inputs:
-        if os.path.isdir(os.path.expanduser(source)) and _same_folder(output_dir, source):
-            raise NeftError(f"output_dir {output_dir} is the folder being {verb} from; "
-                            f"write the {what} to a new folder")
+        if os.path.exists(os.path.expanduser(source)) and is_within(source, output_dir):
+            raise NeftError(f"output_dir {output_dir} holds {source}, which is being {verb} "
+                            f"from; write the {what} to a new folder")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NeftError(f"output_dir {output_dir} is a file; pass a folder for the {what}")
     check_writable(os.path.abspath(output_dir), "output_dir")  # its parent: staged beside it
@@ -269,13 +269,16 @@ def check_output_dir(output_dir: str, overwrite: bool, inputs: list[str], *,
             raise NeftError(f"output_dir {output_dir} is not empty; pass --overwrite to "
                             "replace it")
         if not os.path.isfile(os.path.join(output_dir, marker)):
-            raise NeftError(f"output_dir {output_dir} holds files that are not a {kind}; "
+            raise NeftError(f"output_dir {output_dir} is not {kind}; "
                             f"--overwrite replaces only an earlier {what}: choose another "
                             "folder")
 
 
-def _same_folder(a: str, b: str) -> bool:
-    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+def is_within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (links resolved)."""
+    path = os.path.realpath(os.path.expanduser(path))
+    folder = os.path.realpath(os.path.expanduser(folder))
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 @contextlib.contextmanager

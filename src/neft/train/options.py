@@ -173,13 +173,19 @@ class TrainConfig(DataOptions):
             if self.neurons:
                 raise NeftError(f"{name} shapes a selection made here, and --neurons gives "
                                 f"one made earlier: drop --{name} (or pass it to neft select)")
+        from transformers.integrations import get_available_reporting_integrations
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
         loggers = ("none", "all", *INTEGRATION_TO_CALLBACK)
-        for name in str(self.report_to).split(","):
-            if name.strip() not in loggers:
-                raise NeftError(f"report_to {name.strip()!r} is not known; use none or a "
+        for name in (n.strip() for n in str(self.report_to).split(",")):
+            if name not in loggers:
+                raise NeftError(f"report_to {name!r} is not known; use none or a "
                                 f"comma-separated list of {', '.join(INTEGRATION_TO_CALLBACK)}")
+            if name in INTEGRATION_TO_CALLBACK and name not in (
+                    get_available_reporting_integrations()):
+                raise NeftError(f"report_to {name} needs its package, which is not installed: "
+                                f"pip install {name.replace('_', '-')}, or pass --report_to "
+                                "none")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

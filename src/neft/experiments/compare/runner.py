@@ -53,11 +53,18 @@ def changed_runs(plan: Plan) -> list[tuple[Run, str]]:
 
 
 def check_data(plan: Plan) -> None:
-    """Read a record of every split the grid needs, so a typo fails now, not in an hour."""
+    """Read every record of every split the grid uses (seconds), so a typo or a broken
+    line fails now, in one line, not in the first run an hour later."""
 
     config = plan.config
-    for split in dict.fromkeys((config.train_split, config.dev_split, config.test_split)):
-        load_records(config.data, split=split, field_map=config.field_map(), limit=1,
+    test = plan.front["loss_samples"] if plan.front is not None else config.max_test_samples
+    limits: dict[str | None, int | None] = {}
+    for split, limit in ((config.train_split, config.max_train_samples),
+                         (config.dev_split, config.max_dev_samples), (config.test_split, test)):
+        seen = limits.get(split, 0)  # a split read twice: the larger of the two (None: all)
+        limits[split] = None if None in (seen, limit) else max(seen, limit)
+    for split, limit in limits.items():
+        load_records(config.data, split=split, field_map=config.field_map(), limit=limit,
                      task=config.task)
 
 
