@@ -142,7 +142,9 @@ def _looks_like_path(name: str) -> bool:
     return os.sep in name and (name.count(os.sep) > 1 or os.sep != "/")
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    """'bfloat16' -> torch.bfloat16 ('auto' and None pass); an unknown name fails in one
+    line, which option checks call before anything is loaded."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     resolved = getattr(torch, str(dtype), None)
@@ -243,7 +245,7 @@ def load_model(
                                 f"folder needs a path such as ./{name_or_path}), or pass a local "
                                 f"model directory or {EMBEDDED_NAMES[0]!r}")
     options = {"trust_remote_code": bool(trust_remote_code), "local_files_only": local_only}
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, use_safetensors=True, **options)

@@ -485,7 +485,8 @@ def read_adapter_config(adapter_dir: str | os.PathLike, peft: bool = False) -> d
     (the one reader of it: NeftModel, evaluation and analysis use it)."""
     config_path = os.path.join(adapter_dir, CONFIG_NAME)
     if not os.path.isdir(adapter_dir):
-        raise NeftError(f"adapter folder {adapter_dir} does not exist: pass the output_dir of "
+        what = "is a file, not a folder" if os.path.exists(adapter_dir) else "does not exist"
+        raise NeftError(f"adapter folder {adapter_dir} {what}: pass the output_dir of "
                         f"`neft train`{' (or a PEFT adapter folder)' if peft else ''}")
     if not os.path.isfile(config_path):
         if peft:

@@ -61,8 +61,8 @@ def require_fields(record: Mapping[str, Any], task: str, where: str) -> None:
         value = record.get(name)
         if value is None:
             raise NeftError(f"{where}: missing field {name!r} for task {task}; fields present: "
-                            f"{', '.join(record) or 'none'} (rename yours with field_map, "
-                            f"e.g. {{'de': 'target'}})")
+                            f"{', '.join(record) or 'none'} (name yours with --source_field / "
+                            "--target_field, or field_map in Python, e.g. {'de': 'target'})")
         if not isinstance(value, str):
             raise NeftError(f"{where}: field {name!r} is {type(value).__name__}, expected text")
         if not value.strip():

@@ -17,9 +17,7 @@ from torch import nn
 
 from ..config import option
 from ..core.io import check_output_file, read_json, write_json
-from ..core.loading import (
-    load_model,
-)
+from ..core.loading import load_model, resolve_dtype
 from ..core.precision import bf16_compute
 from ..data.options import DataOptions
 from ..data.prompts import render_example, resolve_template
@@ -93,6 +91,8 @@ def evaluate_model(
     refs = [target.strip() for _, target in pairs]
     scoring_lang = _scoring_language(records, task, source_lang, target_lang)
     chosen = parse_metrics(metrics, refs)  # fail on a bad metric before generating
+    if "comet" in chosen and not comet_model:
+        raise NeftError("metric comet needs a local COMET checkpoint: pass --comet_model PATH")
     generating = [m for m in chosen if METRICS[m].kind == "generation"]
     if "drift" in chosen:
         if base_model is None:
@@ -203,6 +203,7 @@ class EvalConfig(DataOptions):
         # Checked here so that bad values fail before minutes of loading and generating.
 
         self.check_data_options()
+        resolve_dtype(self.dtype)
         for name, low in (("batch_size", 1), ("max_new_tokens", 1), ("max_samples", 1),
                           ("no_repeat_ngram_size", 0), ("max_length", 2)):
             value = getattr(self, name)
