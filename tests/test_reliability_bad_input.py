@@ -191,7 +191,8 @@ CASES = [
     ("adapter of another base model", [*MERGE[:2], "{m2}", *MERGE[3:], "--adapter", "{adapter}"],
      r"adapter .* was trained on another base model \(fingerprint"),
     ("NeuronSet of another base model", T("--neurons", "{set2.safetensors}", **NEFT),
-     r"neuron set was made for another base model .*neft select --transfer"),
+     r"neuron set was made for another base model .*; its modules have other shapes here, "
+     r"so select neurons on this model"),
     # damaged and unsafe files
     ("truncated NeuronSet", T("--neurons", "{truncated.safetensors}", **NEFT),
      r"not a readable safetensors file .*truncated"),

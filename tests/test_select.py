@@ -417,7 +417,8 @@ def test_transfer_rewrites_the_fingerprint_after_checking_shapes(llama):
                                         num_hidden_layers=2, num_attention_heads=2,
                                         num_key_value_heads=2)
     mistral = transformers.MistralForCausalLM(config)
-    with pytest.raises(NeftError, match="another base model"):
+    with pytest.raises(NeftError, match=r"another base model .*--transfer` \(its modules "
+                       "have the same shapes here"):
         NeuronSet(a.to_mapping(), metadata=dict(a.metadata)).validate(mistral)
     moved = transfer_set(a, mistral)
     assert moved == a and moved.validate(mistral) is moved
@@ -427,6 +428,8 @@ def test_transfer_rewrites_the_fingerprint_after_checking_shapes(llama):
         num_attention_heads=2, num_key_value_heads=2))
     with pytest.raises(NeftError, match="shape"):
         transfer_set(a, wider)
+    with pytest.raises(NeftError, match="its modules have other shapes here, so select"):
+        a.validate(wider)  # no transfer hint where a transfer cannot work
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -141,11 +141,13 @@ class NeuronSet:
         whatever index or module happens to fail after it.
         """
         expected = self.metadata.get("base_fingerprint")
-        if expected and expected != model_fingerprint(model):
-            raise NeftError(f"neuron set was made for another base model (fingerprint {expected}, "
-                            f"this model {model_fingerprint(model)}); select neurons on this model "
-                            "or move the set with `neft select --transfer`")
         modules = dict(model.named_modules())
+        if expected and expected != model_fingerprint(model):
+            how = ("select neurons on this model or move the set with `neft select --transfer` "
+                   "(its modules have the same shapes here)" if self._shapes_fit(modules)
+                   else "its modules have other shapes here, so select neurons on this model")
+            raise NeftError(f"neuron set was made for another base model (fingerprint {expected}, "
+                            f"this model {model_fingerprint(model)}); {how}")
         for module, axes in self.indices.items():
             layer = modules.get(module)
             if layer is None:
@@ -167,6 +169,18 @@ class NeuronSet:
                                 f"model's is {list(shape)}: it belongs to another base model")
             self.shapes[module] = shape
         return self
+
+    def _shapes_fit(self, modules: Mapping[str, nn.Module]) -> bool:
+        """Whether every module of the set exists with the shape it was made for."""
+        for module in self.indices:
+            layer = modules.get(module)
+            try:
+                shape = linear_shape(getattr(layer, "base_layer", layer))
+            except NeftError:
+                return False
+            if self.shapes.get(module) is not None and tuple(self.shapes[module]) != shape:
+                return False
+        return True
 
     # -- files --------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
