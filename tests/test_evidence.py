@@ -540,3 +540,24 @@ def test_every_cell_of_a_committed_grid_runs_end_to_end(tiny_model_dir, toy_data
     verdicts = json.loads((tmp_path / "out/compare.json").read_text())["fronts"]["verdicts"]
     others = {m["name"] for m in methods} - {config["reference"]}
     assert {r["other"] for r in verdicts if r["reference"] == config["reference"]} == others
+
+
+def test_a_one_seed_cell_borrows_the_seed_spread_of_a_seeded_reference():
+    """A screen's cell (one seed) against random neurons (three): random's spread counts
+    for both sides, not for one."""
+    from neft.experiments.compare.verdicts import Fronts
+
+    fronts = Fronts.__new__(Fronts)
+    fronts.name, fronts.base = "toy", None
+    samples = 5
+    fronts.cells = {
+        "cell": {"xs": np.array([[0.1] * samples]), "ys": np.array([[2.4] * samples]),
+                 "standard": {"loss": np.full(samples, 2.4), "drift": np.full(samples, 0.1),
+                              "loss_std": None, "drift_std": None, "n": 1}},
+        "random": {"xs": np.array([[0.0] * samples, [0.2] * samples]),
+                   "ys": np.array([[3.0] * samples, [2.0] * samples]),
+                   "standard": {"loss_std": 0.03, "drift_std": 0.02}}}
+    rows = {r["measure"]: r for r in fronts.compare("cell", "random")}
+    assert rows["loss at matched drift"]["seed_variance"] == pytest.approx(2 * 0.03 ** 2)
+    assert rows["drift at matched loss"]["seed_variance"] == pytest.approx(2 * 0.02 ** 2)
+    assert rows["loss at matched drift"]["seed_variance_borrowed"]

@@ -15,7 +15,8 @@ The verdicts compare a reference cell A with each other cell B:
 (a) and (b) get a 95% interval from a paired bootstrap over test and general-text records
 (every point recomputed from the same resampled records) plus the seed variance of the
 standard points (B's single-seed front counts B's full seed variance; a cell with one
-seed borrows A's). A verdict is "better" or "worse" only when the interval excludes 0.
+seed borrows A's, and an A with one seed B's). A verdict is "better" or "worse" only when
+the interval excludes 0.
 Each front verdict also says whether it rests on the line from the base to B's first
 point (from_base) or on B's flat front past its last point (past_front).
 """
@@ -220,7 +221,9 @@ class Fronts:
                     deltas[s] = standard["drift"][s] - drift_at(self.front(other, s),
                                                                 standard["loss"][s])
             key = "loss_std" if kind.startswith("loss") else "drift_std"
-            own = standard[key]
+            # a side with one seed borrows the other's spread (a screen's one-seed cell
+            # against random neurons' three seeds counts random's spread twice)
+            own = standard[key] if standard[key] is not None else b["standard"][key]
             theirs = b["standard"][key] if b["standard"][key] is not None else own
             seed_var = ((own or 0.0) ** 2 / max(standard["n"], 1) + (theirs or 0.0) ** 2)
             finite = deltas[1:][np.isfinite(deltas[1:])]
@@ -233,7 +236,8 @@ class Fronts:
                      and bool(at > measured[0][-1]),
                      "delta": delta if math.isfinite(delta) else None,
                      "seed_variance": seed_var,
-                     "seed_variance_borrowed": b["standard"][key] is None,
+                     "seed_variance_borrowed": (b["standard"][key] is None) != (
+                         standard[key] is None),
                      "reached": float(np.isfinite(deltas[1:]).mean())}
             if math.isfinite(delta) and len(finite) > 1:
                 half = Z95 * math.sqrt(float(np.var(finite, ddof=1)) + seed_var)
