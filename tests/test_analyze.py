@@ -175,6 +175,8 @@ def test_compare_counts_and_buckets_by_hand() -> None:
     after = fake_utilization([1, 9, 8, 7, 6, 5, 4, 3, 2, 10])  # first and last swap
     trained = NeuronSet({UP.format(0): {"rows": [0]}})
     result = compare(before, after, trained, threshold=5, buckets=2)
+    with pytest.raises(NeftError, match="buckets 11 is more than the 10 neurons ranked"):
+        compare(before, after, trained, buckets=11)
     # rank changes: neuron 0: 1 -> 10 (+9, fell), neuron 9: 10 -> 1 (-9, rose), others 0
     assert result["strongly_affected"] == 2
     assert result["suppressed"] == 1 and result["promoted"] == 1

@@ -221,6 +221,9 @@ def compare(before: Utilization, after: Utilization, trained: NeuronSet | None =
     if buckets < 1:
         raise NeftError(f"buckets must be >= 1, got {buckets}")
     pool = len(before.ranks)
+    if buckets > pool:
+        raise NeftError(f"buckets {buckets} is more than the {pool} neurons ranked; pass "
+                        f"--buckets {pool} or fewer")
     threshold = scaled_threshold(pool) if threshold is None else threshold
     if threshold < 0:
         raise NeftError(f"threshold must be >= 0, got {threshold}")
