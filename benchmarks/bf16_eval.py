@@ -38,7 +38,7 @@ class Autocast(torch.nn.Module):
         self.model = model
 
     def forward(self, **inputs):
-        with bf16_compute(self.model, True):
+        with bf16_compute(True, self.model):
             return self.model(**inputs)
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     rows = {}
     for bf16 in (False, True):
         start = time.perf_counter()
-        with bf16_compute(tuned, bf16):
+        with bf16_compute(bf16, tuned):
             row = {"test_loss": target_loss(tuned, tokenizer, records, args.task,
                                             source_lang=args.source_lang,
                                             target_lang=args.target_lang,

@@ -226,7 +226,7 @@ CASES = [
     ("--overwrite of the folder that holds the data",
      T("--overwrite", out="{run-with-data}", data="{run-with-data}/mine.jsonl"),
      r"--train_file .*mine\.jsonl lies inside output_dir .*run-with-data, which --overwrite "
-     r"or a failed start clears; move it out"),
+     r"clears; move it out"),
     ("--overwrite with bad input keeps the old run",
      T("--overwrite", out="{adapter}", data="{malformed.jsonl}"), r"malformed JSON"),
     ("--resume with other options", T("--resume", "--seed", "7", out="{adapter}"),

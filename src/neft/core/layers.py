@@ -27,6 +27,7 @@ gradient is multiplied by a 0/1 mask. It is a reference, not a way to save memor
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -433,13 +434,14 @@ class NeuronMaskLayer(_NeuronLayerBase):
     @torch.no_grad()
     def _off_mask_sum(self) -> float:
         weight = self.base_layer.weight
-        return float((weight.double().abs() * (1 - self.neft_mask.double())).sum())
+        return float((weight.abs() * (1 - self.neft_mask)).sum(dtype=torch.float64))
 
     def moved_off_mask(self) -> bool:
         """Whether weights off the mask changed (AdamW's weight decay moves them): then
         the deltas of the selected slices, which an adapter holds, no longer reproduce
-        the trained layer, and disabling it does not give the base layer."""
-        return self._off_mask_sum() != self._off_mask
+        the trained layer, and disabling it does not give the base layer. A tolerance, as
+        another device sums in another order; one decay step moves the sum ~1e-6."""
+        return not math.isclose(self._off_mask_sum(), self._off_mask, rel_tol=1e-10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:

@@ -183,9 +183,9 @@ class TrainConfig(DataOptions):
                                 f"comma-separated list of {', '.join(INTEGRATION_TO_CALLBACK)}")
             if name in INTEGRATION_TO_CALLBACK and name not in (
                     get_available_reporting_integrations()):
+                package = {"azure_ml": "azureml-core", "flyte": "flytekit"}.get(name, name)
                 raise NeftError(f"report_to {name} needs its package, which is not installed: "
-                                f"pip install {name.replace('_', '-')}, or pass --report_to "
-                                "none")
+                                f"pip install {package}, or pass --report_to none")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

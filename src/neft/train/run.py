@@ -78,10 +78,10 @@ def prepare_output_dir(config: TrainConfig) -> bool:
         raise NeftError(f"output_dir {path} is a file; pass a folder (new or empty) for the run")
     for name in ("train_file", "eval_file", "neurons", "model", "deepspeed", "fsdp_config"):
         source = getattr(config, name)
-        if source and os.path.exists(path) and os.path.exists(source) and is_within(source,
-                                                                                    path):
+        if (config.overwrite and not config.resume and source and os.path.exists(path)
+                and os.path.exists(source) and is_within(source, path)):
             raise NeftError(f"--{name} {source} lies inside output_dir {path}, which "
-                            "--overwrite or a failed start clears; move it out of the folder")
+                            "--overwrite clears; move it out of the folder")
     run_file = os.path.join(path, RUN_FILE)
     occupied = _occupied(path)
     if not occupied:

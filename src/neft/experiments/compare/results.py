@@ -3,7 +3,6 @@ best run."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any
@@ -22,8 +21,13 @@ def grid_plan(folder: str, report: str = "compare.json") -> tuple[Plan, dict[str
     written = read_json(os.path.join(folder, report))
     config = from_dict(CompareConfig, {**written["config"], "output_dir": folder})
     ran_in = _ran_in(folder, str(written["config"].get("output_dir") or ""))
-    with contextlib.chdir(ran_in) if ran_in else contextlib.nullcontext():
+    here = os.getcwd()
+    try:
+        if ran_in:
+            os.chdir(ran_in)
         return build_plan(config), written
+    finally:
+        os.chdir(here)
 
 
 def _ran_in(folder: str, recorded: str) -> str | None:
