@@ -209,19 +209,17 @@ def _delta(tensors: dict[str, torch.Tensor], path: str, axis: str, shape: tuple[
 def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool = False) -> str:
     """The base model with the adapter's deltas added (exact), saved whole with its
     tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`)."""
-    _check_export_dir(output_dir, overwrite, [adapter] + ([model_name] if model_name else []),
-                      "merged")
+    base_name = model_name or NeftModel.saved_base_name(adapter)
+    _check_export_dir(output_dir, overwrite, [adapter, base_name], "merged")
     if model_name is None:
-        model_name = NeftModel.saved_base_name(adapter)
-        _check_export_dir(output_dir, overwrite, [model_name], "merged")
-        base, tokenizer = load_adapter_base(model_name, adapter)
+        base, tokenizer = load_adapter_base(base_name, adapter)
     else:
         base, tokenizer = load_model(model_name)
     merged = NeftModel.from_pretrained(base, adapter).merge_and_unload()
     with staged_folder(output_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _write_record(staging, "merged", adapter, model_name)
+        _write_record(staging, "merged", adapter, base_name)
     return output_dir
 
 

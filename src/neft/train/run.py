@@ -76,12 +76,12 @@ def prepare_output_dir(config: TrainConfig) -> bool:
             name.startswith("checkpoint-") for name in os.listdir(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise NeftError(f"output_dir {path} is a file; pass a folder (new or empty) for the run")
-    for name in ("train_file", "eval_file", "neurons", "model", "deepspeed", "fsdp_config"):
-        source = getattr(config, name)
-        if (config.overwrite and not config.resume and source and os.path.exists(path)
-                and os.path.exists(source) and is_within(source, path)):
-            raise NeftError(f"--{name} {source} lies inside output_dir {path}, which "
-                            "--overwrite clears; move it out of the folder")
+    if config.overwrite and not config.resume and os.path.isdir(path):
+        for name in ("train_file", "eval_file", "neurons", "model", "deepspeed", "fsdp_config"):
+            source = getattr(config, name)
+            if source and os.path.exists(source) and is_within(source, path):
+                raise NeftError(f"--{name} {source} lies inside output_dir {path}, which "
+                                "--overwrite clears; move it out of the folder")
     run_file = os.path.join(path, RUN_FILE)
     occupied = _occupied(path)
     if not occupied:

@@ -33,8 +33,8 @@ def grid_plan(folder: str, report: str = "compare.json") -> tuple[Plan, dict[str
 def _ran_in(folder: str, recorded: str) -> str | None:
     """The folder `neft compare` ran in, when the grid still sits at the relative
     output_dir it was given (outputs/compare/x under /work/wt inside /work/wt)."""
-    recorded = os.path.normpath(recorded)
-    if not recorded or os.path.isabs(recorded) or recorded.startswith(".."):
+    recorded = os.path.normpath(recorded)  # "" -> "."
+    if recorded == "." or os.path.isabs(recorded) or recorded.startswith(".."):
         return None
     if folder.endswith(os.sep + recorded):
         return folder[: -len(recorded) - 1] or os.sep
