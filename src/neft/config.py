@@ -174,8 +174,9 @@ def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
             raise NeftError(f"{where}: unknown option {key!r}{hint}")
 
 
-def build_config(cls: type[T], args: argparse.Namespace) -> T:
-    """YAML (``--config``) first, then every flag given on the command line."""
+def given_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The options a user set: YAML (``--config``) first, then every flag given on the
+    command line (the rest keep their defaults)."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values = load_yaml(args.config)
@@ -184,7 +185,11 @@ def build_config(cls: type[T], args: argparse.Namespace) -> T:
         given = getattr(args, field.name, None)
         if given is not None:
             values[field.name] = given
-    return from_dict(cls, values)
+    return values
+
+
+def build_config(cls: type[T], args: argparse.Namespace) -> T:
+    return from_dict(cls, given_values(cls, args))
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:

@@ -187,6 +187,37 @@ class TrainConfig(DataOptions):
                 raise NeftError(f"report_to {name} needs its package, which is not installed: "
                                 f"pip install {package}, or pass --report_to none")
 
+    def ignored_options(self) -> dict[str, str]:
+        """The neuron options this run's method never reads, each with the reason.
+        `neft train` refuses them when given (a flag meant for another method is a mistake);
+        compare's shared `train:` block gives them to every cell, so it does not."""
+        method = METHODS[self.method]
+        ignored: dict[str, str] = {}
+        budget = ("match_lora", "num_neurons", "percent")
+        if not method.selects_neurons:
+            ignored.update(dict.fromkeys(("scorer", "scorer_options", "neft_mode"),
+                                         f"method {self.method} selects no neurons"))
+            if method.budget != "parameters":
+                ignored.update(dict.fromkeys(budget, f"method {self.method} has no neuron "
+                                                     "budget" + (" (its size is --lora_r)"
+                                                                 if self.method == "lora"
+                                                                 else "")))
+        elif self.neurons:
+            ignored.update(dict.fromkeys(("scorer", "scorer_options", *budget),
+                                         "--neurons gives the set, made earlier"))
+        elif method.scorer is not None and self.scorer != method.scorer:
+            ignored.update(dict.fromkeys(("scorer", "scorer_options"),
+                                         f"method {self.method} always uses scorer "
+                                         f"{method.scorer}"))
+        return ignored
+
+    def refuse_ignored(self, given: Any) -> None:
+        """One line for the first option in ``given`` that this method would not read."""
+        ignored = self.ignored_options()
+        for name in given:
+            if name in ignored:
+                raise NeftError(f"--{name} is not used here ({ignored[name]}): drop it")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ...config import add_dataclass_arguments, build_config
+from ...config import add_dataclass_arguments, from_dict, given_values
 from ...train import TrainConfig, train
 
 
@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = train(build_config(TrainConfig, args))
+    given = given_values(TrainConfig, args)
+    config = from_dict(TrainConfig, given)
+    config.refuse_ignored(given)
+    summary = train(config)
     shown = {k: summary[k] for k in ("method", "trainable_parameters", "global_step",
                                      "train_loss", "best_eval_loss", "wall_seconds",
                                      "peak_memory_mb", "interrupted")}
