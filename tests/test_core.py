@@ -85,6 +85,24 @@ def test_unknown_architecture_says_how_to_name_modules() -> None:
         ("0", "rows", 8, 4), ("2", "cols", 8, 4)]
 
 
+def test_routed_experts_are_named_as_left_out_and_a_wrapped_model_is_refused(caplog) -> None:
+    import transformers
+
+    config = transformers.Qwen2MoeConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+        shared_expert_intermediate_size=24, num_experts=4, num_experts_per_tok=2,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+    moe = transformers.AutoModelForCausalLM.from_config(config)
+    with caplog.at_level(logging.WARNING, logger="neft"):
+        groups = find_neuron_groups(moe)
+    assert groups and all("shared_expert" in g.module for g in groups)
+    assert "2 mixture-of-experts blocks" in caplog.text and "routed experts" in caplog.text
+    model = make_model("llama")
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    with pytest.raises(NeftError, match="is a NeftModel already: select neurons on its base"):
+        find_neuron_groups(neft)
+
+
 def test_gradients_reach_exactly_the_selected_neurons(arch: str) -> None:
     model = make_model(arch)
     neurons = pick_neurons(model)
@@ -220,6 +238,26 @@ def test_a_mask_mode_adapter_saves_as_deltas_and_turns_off(tmp_path, caplog) -> 
     assert "weight_decay=0" in caplog.text
 
 
+def test_mask_mode_survives_copies_and_counts_a_frozen_load_as_untrainable(tmp_path) -> None:
+    import copy
+    import pickle
+
+    neurons = pick_neurons(make_model("llama"))
+    neft = get_neft_model(make_model("llama"), NeftConfig(neurons=neurons, mode="mask"))
+    for clone in (copy.deepcopy(neft), pickle.loads(pickle.dumps(neft))):
+        ids = make_batch()
+        clone(input_ids=ids, labels=ids).loss.backward()
+        for path, layer in clone.neft_layers():
+            grad = layer.base_layer.weight.grad
+            assert not grad[~selected_mask(neurons, path, tuple(grad.shape))].any()
+    neft.save_pretrained(tmp_path)
+    frozen = NeftModel.from_pretrained(make_model("llama"), tmp_path)
+    assert frozen.get_nb_trainable_parameters()[0] == 0
+    tied = make_model("gpt2")  # lm_head shares the embedding's weight
+    with pytest.raises(NeftError, match="lm_head shares its weight .* mask mode would train"):
+        get_neft_model(tied, NeftConfig(neurons={"lm_head": {"rows": [1]}}, mode="mask"))
+
+
 def test_optimizer_state_is_the_selected_neurons_only() -> None:
     model = make_model("llama")
     neurons = pick_neurons(model, per_group=5)
@@ -231,6 +269,46 @@ def test_optimizer_state_is_the_selected_neurons_only() -> None:
     opt.step()
     state_values = sum(t.numel() for s in opt.state.values() for t in s.values() if t.dim())
     assert state_values == 2 * neurons.num_parameters() == 2 * 4 * 5 * 16
+
+
+def test_a_cast_after_a_forward_pass_still_saves_and_unloads() -> None:
+    """The base weight holds W0 + D between passes, its original slices aside: a cast of
+    the model casts those too (state_dict, unload and unmerge give the cast base)."""
+    base = make_model("llama")
+    expected = {k: v.to(torch.bfloat16) for k, v in base.state_dict().items()}
+    neft = get_neft_model(make_model("llama"), NeftConfig(neurons=pick_neurons(base)))
+    train_steps(neft)
+    logits(neft)
+    neft.to(torch.bfloat16)
+    assert neft.state_dict()  # no dtype clash
+    unloaded = neft.unload().state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(unloaded[name], tensor), name
+
+
+def test_deltas_changed_through_data_are_seen_after_eval() -> None:
+    """An update through ``.data`` bumps no version counter; the first pass after
+    ``model.eval()`` (or any grad-enabled one) still sees it."""
+    model = make_model("llama")
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    logits(neft)
+    for param in neft.parameters():
+        if param.requires_grad:
+            param.data.normal_()
+    neft.eval()
+    stale_free = logits(neft)
+    for _, layer in neft.neft_layers():
+        layer.sync_weight = False  # the fallback path adds x D^T itself, nothing cached
+    torch.testing.assert_close(stale_free, logits(neft), **TOL)
+
+
+def test_an_unloaded_model_has_no_adapter_to_save(tmp_path) -> None:
+    model = make_model("llama")
+    neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
+    neft.merge_and_unload()
+    with pytest.raises(NeftError, match="unloaded .* holds no deltas"):
+        neft.save_pretrained(tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -284,6 +362,9 @@ def test_works_inside_transformers_trainer(tmp_path) -> None:
     trainer.train()
     assert len([h for h in trainer.state.log_history if "loss" in h]) == 3
     assert any(layer.neft_delta_rows.abs().sum() > 0 for _, layer in neft.neft_layers())
+    trainer.save_model(str(tmp_path / "whole"))  # a plain Trainer saves the wrapper whole
+    with pytest.raises(NeftError, match="plain transformers Trainer saves a NeftModel whole"):
+        NeftModel.from_pretrained(make_model("llama"), tmp_path / "whole")
 
 
 def test_neuron_set_algebra_and_files(tmp_path) -> None:
@@ -303,6 +384,30 @@ def test_neuron_set_algebra_and_files(tmp_path) -> None:
     assert loaded == a and loaded.metadata == {"scorer": "hand"}
     assert loaded.shapes == a.shapes
     assert list(tmp_path.iterdir()) == [tmp_path / "a.safetensors"]  # no temp files left
+    numpy_rows = NeuronSet({"model.layers.0.mlp.up_proj": {"rows": torch.tensor([4, 2]).numpy()}})
+    assert numpy_rows.to_mapping() == {"model.layers.0.mlp.up_proj": {"rows": [2, 4]}}
+
+
+def test_sets_of_different_models_do_not_combine() -> None:
+    """Their indices mean other neurons: refused by fingerprint or shape, and a combined
+    set keeps the fingerprint that guards loading it onto another model."""
+    from neft import select_neurons
+
+    small = make_model("llama")
+    a = select_neurons(small, "magnitude", neurons=4, progress=False)
+    b = select_neurons(small, "random", neurons=4, progress=False)
+    assert (a | b).metadata["base_fingerprint"] == a.metadata["base_fingerprint"]
+    other = make_model("phi3")
+    c = select_neurons(other, "magnitude", neurons=4, progress=False)
+    for combine in (a.union, a.intersection, a.overlap):
+        with pytest.raises(NeftError, match="neuron sets made on different models"):
+            combine(c)
+    shaped = NeuronSet({"model.layers.0.mlp.up_proj": {"rows": [1]}},
+                       shapes={"model.layers.0.mlp.up_proj": (7, 5)})
+    with pytest.raises(NeftError, match=r"up_proj is \[24, 16\] in one and \[7, 5\]"):
+        a | shaped
+    with pytest.raises(NeftError, match="no option 'step'; did you mean 'steps'"):
+        select_neurons(small, "magnitude", neurons=4, step=3)
 
 
 def test_bad_neurons_give_clear_errors(tmp_path) -> None:
@@ -314,12 +419,22 @@ def test_bad_neurons_give_clear_errors(tmp_path) -> None:
         ({"model.layers.0.mlp.up_proj": {"rows": [-1]}}, "negative"),
         ({"model.layers.0.mlp.act_fn": {"rows": [1]}}, "not a linear layer"),
         ({}, "empty"),
+        ({"model.layers.0.mlp.up_proj": {"rows": [1.7]}}, r"whole numbers .*not 1\.7"),
+        ({"model.layers.0.mlp.up_proj": {"rows": [True]}}, "whole numbers .*not True"),
+        ({"model.layers.0.mlp.up_proj": {"rows": [[1, 2], [3, 4]]}}, "whole numbers"),
+        ({"model.layers.0.mlp.up_proj": {"rows": torch.tensor([[1, 2]])}}, "flat list"),
+        ({"model.layers.0.mlp.up_proj": {"rows": torch.tensor([1.5])}}, "integer tensor"),
+        ({"model.layers.0.mlp.up_proj": {"rows": 3}}, "list of neuron indices, not 3"),
+        ({"model.layers.0.mlp.up_proj": {"rows": "3"}}, "list of neuron indices, not '3'"),
+        ({"model.layers.0.mlp.up_proj": [3]}, "must map an axis to indices"),
     ]
     for mapping, message in cases:
         with pytest.raises(NeftError, match=message):
             get_neft_model(make_model("llama"), NeftConfig(neurons=mapping))
     with pytest.raises(NeftError, match="mode"):
         NeftConfig(neurons={}, mode="dense")
+    with pytest.raises(NeftError, match="takes a NeftConfig, not dict"):
+        get_neft_model(make_model("llama"), {"neurons": {}})
     broken = tmp_path / "broken.safetensors"
     pick_neurons(model).save(broken)
     broken.write_bytes(broken.read_bytes()[:-7])

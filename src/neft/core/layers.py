@@ -18,7 +18,8 @@ neurons by about two thirds against adding x D^T separately, which stays the fal
 (sharded, quantized or offloaded weights). On a bf16 base the weight holds bf16(W0 + D)
 while D itself stays fp32: the usual mixed-precision master-weight arrangement. The
 slices are rewritten whenever the deltas may have changed (their version counters, any
-optimizer step, and an exact comparison in grad-enabled passes), never while unchanged,
+optimizer step, and an exact comparison in grad-enabled passes and in the first pass
+after ``model.train()`` / ``model.eval()``), never while unchanged,
 so a pending backward is never disturbed.
 
 ``NeuronMaskLayer`` reproduces the paper's code: the whole weight is trainable and its
@@ -88,6 +89,24 @@ class _DeltaGrad(torch.autograd.Function):
             grad_cols = flat.t().mm(
                 picked.reshape(-1, picked.shape[-1]).to(grad.dtype)).to(ctx.dtypes[1])
         return grad, None, grad_rows, grad_cols, None, None
+
+
+class _MaskGrad(torch.autograd.Function):
+    """Identity on the weight whose backward zeroes its gradient off the mask. In the
+    graph rather than a hook on the parameter, so that copies and pickles of the model
+    keep it (a tensor hook is lost by deepcopy and a closure cannot be pickled)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 def _take_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -175,6 +194,7 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         # deltas' stamp when they were written.
         self._original: tuple[torch.Tensor, torch.Tensor] | None = None
         self._stamp: tuple[int, ...] | None = None
+        self._verify_next = False
         # state_dict and load_state_dict see the original base weight, as without the fast
         # path (the next forward writes W0 + D again). Module-level functions: picklable.
         self.register_state_dict_pre_hook(_unsync_hook)
@@ -186,7 +206,7 @@ class NeuronDeltaLayer(_NeuronLayerBase):
                 return self._forward_original(x, *self._original)
             return self.base_layer(x)
         if self.merged or self._can_sync():
-            self._sync(verify=torch.is_grad_enabled())
+            self._sync(verify=torch.is_grad_enabled() or self._verify_next)
             y = self.base_layer(x)
             rows, cols = self.neft_delta_rows, self.neft_delta_cols
             if self.merged or not torch.is_grad_enabled() or not (
@@ -203,6 +223,12 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             picked = x.index_select(-1, self.neft_cols)
             y = y + F.linear(picked, self.neft_delta_cols.to(x.dtype)).to(y.dtype)
         return y
+
+    def train(self, mode: bool = True) -> NeuronDeltaLayer:
+        """The next pass checks W0 + D even without gradients: deltas changed through
+        ``.data`` (which no version counter sees) are caught by ``model.eval()``."""
+        self._verify_next = True
+        return super().train(mode)
 
     # -- copies and pickles: the weakref is not copied, it is made again -------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -261,9 +287,7 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         rows, cols = self.neft_rows, self.neft_cols
         if self._original is None:
             self._original = (weight.index_select(0, rows), weight.index_select(1, cols))
-        elif self._original[0].device != weight.device:
-            self._original = tuple(t.to(weight.device) for t in self._original)
-        original_rows, original_cols = self._original
+        original_rows, original_cols = self._original_like(weight)
         # Added in the wider dtype, rounded once to the weight's.
         new_rows = original_rows + self.neft_delta_rows
         new_cols = original_cols + self.neft_delta_cols
@@ -277,6 +301,7 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             weight.index_copy_(0, rows, new_rows)
             weight.index_copy_(1, cols, new_cols)
         self._stamp = self._delta_stamp()
+        self._verify_next = False
 
     @torch.no_grad()
     def _unsync(self) -> None:
@@ -284,10 +309,19 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         if self._original is None:
             return
         weight = _logical_weight(self.base_layer)
-        original_rows, original_cols = self._original
-        weight.index_copy_(1, self.neft_cols, original_cols.to(weight.device))
-        weight.index_copy_(0, self.neft_rows, original_rows.to(weight.device))
+        original_rows, original_cols = self._original_like(weight)
+        weight.index_copy_(1, self.neft_cols, original_cols)
+        weight.index_copy_(0, self.neft_rows, original_rows)
         self._original = self._stamp = None
+
+    def _original_like(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The original slices on the weight's device and in its dtype: ``model.to()``
+        moves and casts the weight, not this plain attribute (a cast base is the cast
+        original, as for every other entry of the weight)."""
+        assert self._original is not None
+        if any(t.device != weight.device or t.dtype != weight.dtype for t in self._original):
+            self._original = tuple(t.to(weight.device, weight.dtype) for t in self._original)
+        return self._original
 
     # -- merge -----------------------------------------------------------------------------
     def merge(self) -> None:
@@ -427,7 +461,6 @@ class NeuronMaskLayer(_NeuronLayerBase):
                              persistent=False)
         self.register_buffer("neft_original_cols", logical[:, self.neft_cols].clone(),
                              persistent=False)
-        self._hook = weight.register_hook(lambda grad: grad * self.neft_mask)
         self.merged = True
         self._off_mask = self._off_mask_sum()
 
@@ -446,7 +479,9 @@ class NeuronMaskLayer(_NeuronLayerBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
             return self._forward_original(x, self.neft_original_rows, self.neft_original_cols)
-        return self.base_layer(x)
+        weight = _MaskGrad.apply(self.base_layer.weight, self.neft_mask)
+        return F.linear(x, weight.t() if is_conv1d(self.base_layer) else weight,
+                        self.base_layer.bias)
 
     def merge(self) -> None:
         """Mask mode trains the weight itself: it is merged already."""
@@ -467,5 +502,3 @@ class NeuronMaskLayer(_NeuronLayerBase):
         weight[self.neft_rows] = self.neft_original_rows + rows.to(weight.dtype)
         weight[:, self.neft_cols] = self.neft_original_cols + cols.to(weight.dtype)
 
-    def remove_hook(self) -> None:
-        self._hook.remove()

@@ -164,6 +164,10 @@ class NeftModel(nn.Module):
                 if config.mode == "compact":
                     layer: nn.Module = NeuronDeltaLayer(base_layer, rows, cols, dtype,
                                                         shared_weight=path in shared)
+                elif path in shared:
+                    raise NeftError(f"{path} shares its weight with another module (tied "
+                                    "embeddings), which mask mode would train too; use "
+                                    "mode='compact' or leave it out of the neurons")
                 else:
                     layer = NeuronMaskLayer(base_layer, rows, cols)
                 _set_submodule(model, path, layer)
@@ -171,8 +175,6 @@ class NeftModel(nn.Module):
         except BaseException:
             # A half-wrapped model is worse than none: the caller's model goes back as given.
             for path, layer in reversed(done):
-                if isinstance(layer, NeuronMaskLayer):
-                    layer.remove_hook()
                 _set_submodule(model, path, layer.base_layer)
             for param, flag in flags:
                 param.requires_grad_(flag)
@@ -218,8 +220,9 @@ class NeftModel(nn.Module):
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable, all): for compact mode, exactly the selected neurons' values."""
         total = count_parameters(self.base_model)
-        if self.neft_config.mode == "mask":
-            return self.neurons.num_parameters(), total
+        if self.neft_config.mode == "mask":  # the masked weights train (unless frozen)
+            training = any(layer.weight.requires_grad for _, layer in self.neft_layers())
+            return (self.neurons.num_parameters() if training else 0), total
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, total
 
@@ -263,8 +266,6 @@ class NeftModel(nn.Module):
         for path, layer in list(self.neft_layers()):
             layer.merge()
             untied = untied or bool(getattr(layer, "untied", False))
-            if isinstance(layer, NeuronMaskLayer):
-                layer.remove_hook()
             _set_submodule(self.base_model, path, layer.base_layer)
         if untied:
             _untie_config(self.base_model)
@@ -273,8 +274,6 @@ class NeftModel(nn.Module):
     def _unwrap(self) -> None:
         """Put the base layers back without touching their weights (no deltas were set)."""
         for path, layer in list(self.neft_layers()):
-            if isinstance(layer, NeuronMaskLayer):
-                layer.remove_hook()
             _set_submodule(self.base_model, path, layer.base_layer)
 
     def unload(self) -> nn.Module:
@@ -319,6 +318,10 @@ class NeftModel(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Indices and deltas of every module, keyed ``<module>::rows|cols|delta_*``.
         Sharded deltas are gathered (a collective under FSDP2 / ZeRO-3: call on all ranks)."""
+        if next(self.neft_layers(), None) is None:
+            raise NeftError("this NeftModel was unloaded (merge_and_unload or unload) and "
+                            "holds no deltas: save the adapter before unloading, or save "
+                            "the merged model with its own save_pretrained")
         tensors = self.neurons.tensors()
         self._warn_if_moved_off_mask("the adapter holds the selected slices only and will not "
                                      "reproduce this model")
@@ -477,6 +480,9 @@ class NeftModel(nn.Module):
 
 def get_neft_model(model: nn.Module, config: NeftConfig) -> NeftModel:
     """Wrap the selected neurons' layers of ``model``; freeze everything else."""
+    if not isinstance(config, NeftConfig):
+        raise NeftError(f"get_neft_model takes a NeftConfig, not {type(config).__name__}: "
+                        "get_neft_model(model, NeftConfig(neurons=...))")
     return NeftModel(model, config)
 
 
@@ -492,6 +498,11 @@ def read_adapter_config(adapter_dir: str | os.PathLike, peft: bool = False) -> d
         if peft:
             raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}: pass a neft or PEFT adapter "
                             "folder, or give a full/merged model folder as --model")
+        if os.path.isfile(os.path.join(adapter_dir, "model.safetensors")):
+            raise NeftError(f"{adapter_dir} has no {CONFIG_NAME} but a model.safetensors: a "
+                            "plain transformers Trainer saves a NeftModel whole; train with "
+                            "neft.train.trainer.NeftTrainer (or NeftTrainerMixin), whose "
+                            "checkpoints are adapters")
         raise NeftError(f"{adapter_dir} has no {CONFIG_NAME}; is it a neft adapter folder "
                         "(written by save_pretrained or `neft train`)?")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +21,26 @@ from .neurons import AXES, NeuronGroup, linear_shape, model_fingerprint, neuron_
 NEURONSET_FORMAT = "neft.neuronset"
 
 
-def _as_index(values: Iterable[int] | torch.Tensor) -> torch.Tensor:
-    tensor = torch.as_tensor(list(values) if not isinstance(values, torch.Tensor) else values,
-                             dtype=torch.long).flatten()
-    return torch.unique(tensor)  # sorted, deduplicated
+def _as_index(values: Iterable[int] | torch.Tensor, where: str) -> torch.Tensor:
+    """A flat list of whole numbers -> sorted, deduplicated int64 indices. Floats, bools,
+    nested lists and scalars are refused, not rounded or flattened."""
+    if isinstance(values, (str, bytes, int, float)) or not isinstance(
+            values, (torch.Tensor, Iterable)):
+        raise NeftError(f"{where} must be a list of neuron indices, not {values!r}")
+    if not isinstance(values, torch.Tensor):
+        values = list(values)
+        bad = [v for v in values if not isinstance(v, numbers.Integral) or isinstance(v, bool)]
+        if bad:
+            raise NeftError(f"{where} must hold whole numbers (neuron indices), not "
+                            f"{bad[0]!r}")
+        values = torch.tensor(values, dtype=torch.long)
+    elif values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise NeftError(f"{where} must be an integer tensor of neuron indices, not "
+                        f"{values.dtype}")
+    if values.dim() > 1:
+        raise NeftError(f"{where} must be a flat list of neuron indices, not shape "
+                        f"{list(values.shape)}")
+    return torch.unique(values.long().flatten())  # sorted, deduplicated
 
 
 @dataclass
@@ -42,10 +59,13 @@ class NeuronSet:
     def __post_init__(self) -> None:
         cleaned: dict[str, dict[str, torch.Tensor]] = {}
         for module, axes in self.indices.items():
+            if not isinstance(axes, Mapping):
+                raise NeftError(f"neurons[{module!r}] must map an axis to indices, e.g. "
+                                f"{{'rows': [3, 17]}}, not {type(axes).__name__}")
             for axis, values in axes.items():
                 if axis not in AXES:
                     raise NeftError(f"neurons[{module!r}] has axis {axis!r}; use 'rows' or 'cols'")
-                index = _as_index(values)
+                index = _as_index(values, f"neurons[{module!r}][{axis!r}]")
                 if index.numel() and int(index[0]) < 0:
                     raise NeftError(f"neurons[{module!r}][{axis!r}] has a negative index")
                 if index.numel():
@@ -62,7 +82,8 @@ class NeuronSet:
 
         With ``model`` the modules and indices are checked and shapes filled in.
         """
-        neurons = cls({m: dict(a) for m, a in mapping.items()}, metadata=dict(metadata or {}))
+        neurons = cls({m: dict(a) if isinstance(a, Mapping) else a for m, a in mapping.items()},
+                      metadata=dict(metadata or {}))
         if model is not None:
             neurons.validate(model)
         return neurons
@@ -96,7 +117,22 @@ class NeuronSet:
                 yield module, axis, idx
 
     # -- set algebra --------------------------------------------------------------------
+    def _same_model(self, other: NeuronSet, op: str) -> dict[str, object]:
+        """Sets of two models do not combine (their indices mean other neurons): refused
+        by fingerprint, or by a module's shape; the common fingerprint is kept."""
+        prints = {n.metadata.get("base_fingerprint") for n in (self, other)} - {None}
+        clash = [m for m in set(self.shapes) & set(other.shapes)
+                 if self.shapes[m] != other.shapes[m]]
+        if len(prints) > 1 or clash:
+            why = (f"fingerprints {' and '.join(sorted(map(str, prints)))}" if len(prints) > 1
+                   else f"{clash[0]} is {list(self.shapes[clash[0]])} in one and "
+                        f"{list(other.shapes[clash[0]])} in the other")
+            raise NeftError(f"cannot take the {op} of neuron sets made on different models "
+                            f"({why}); select both on the same base model")
+        return {"base_fingerprint": prints.pop()} if prints else {}
+
     def _combine(self, other: NeuronSet, op: str) -> NeuronSet:
+        same = self._same_model(other, op)
         result: dict[str, dict[str, torch.Tensor]] = {}
         for module in dict.fromkeys([*self.indices, *other.indices]):
             for axis in AXES:
@@ -108,7 +144,7 @@ class NeuronSet:
                 if idx.numel():
                     result.setdefault(module, {})[axis] = idx
         shapes = {**other.shapes, **self.shapes}
-        return NeuronSet(result, shapes, {"operation": op})
+        return NeuronSet(result, shapes, {"operation": op, **same})
 
     def union(self, other: NeuronSet) -> NeuronSet:
         return self._combine(other, "union")

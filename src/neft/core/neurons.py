@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import NeftError
+
+logger = logging.getLogger(__name__)
 
 AXES = ("rows", "cols")
 # Llama-2-7B's candidate neurons (32 layers x 11,008 up rows and down columns x 2): the
@@ -189,7 +192,16 @@ def find_neuron_groups(model: nn.Module, target_modules: Mapping[str, str] | Non
     """
     if target_modules:
         return _explicit_groups(model, target_modules)
+    if hasattr(model, "neft_layers"):
+        raise NeftError("this model is a NeftModel already: select neurons on its base model "
+                        "(model.base_model), before wrapping it")
     groups = _preset_groups(model, include_gate)
+    experts = {name for name, module in model.named_modules()
+               if name.rsplit(".", 1)[-1] == "experts"}
+    if experts:
+        logger.warning("%d mixture-of-experts blocks (e.g. %s): neft's presets find the dense "
+                       "MLPs only%s, not the routed experts", len(experts), min(experts),
+                       " (shared experts included)" if groups else "")
     if not groups:
         raise NeftError(f"no MLP neuron preset matches {type(model).__name__}; name the modules "
                         "and axes yourself, e.g. target_modules={'mlp.fc_in': 'rows', "

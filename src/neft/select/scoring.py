@@ -4,7 +4,9 @@ select_neurons (a budget of the best as a NeuronSet), and the set operations."""
 from __future__ import annotations
 
 import datetime
+import difflib
 import hashlib
+import inspect
 import logging
 import os
 import time
@@ -109,6 +111,14 @@ def select_neurons(
     if quota is not None and quota not in QUOTAS:
         raise NeftError(f"quota={quota!r} is not known; use one of {', '.join(QUOTAS)} "
                         "or none for one global ranking")
+    known = [n for n in inspect.signature(score_neurons).parameters
+             if n not in ("model", "scorer", "on_ready")]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise NeftError(f"select_neurons has no option {name!r}"
+                            + (f"; did you mean {close[0]!r}?" if close else
+                               f"; known: {', '.join(known)}"))
     spec = {"neurons": neurons, "percent": percent, "params": params, "match_lora": match_lora,
             "lora_target_modules": lora_target_modules}
     budgets: list[Budget] = []
