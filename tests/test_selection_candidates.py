@@ -191,3 +191,36 @@ def test_below_a_band_backward_stops_and_bench_draws_inside_it():
     with pytest.raises(NeftError, match="fewer than the budget"):
         plan(BenchConfig(model="tiny-random", modes="neft", budgets="300", sweep="",
                          layers="upper:1"))
+
+
+def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
+    """A unit whose up_proj row is scaled 1000x dwarfs its layer's activations: with
+    avoid=massive no selection trains it (its up row nor its down column), whatever the
+    scorer ranks first; through neft train's option too."""
+    from neft.train import TrainConfig
+    from neft.train.methods import select_for_training
+
+    model = make_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[5].mul_(1000)
+    up, down = "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"
+    pool = sum(g.count for g in find_neuron_groups(model))
+    for scorer, data in (("random", examples()), ("snip", examples())):
+        chosen = select_neurons(model, scorer, neurons=pool - 2, data=data, avoid="massive",
+                                progress=False)
+        assert 5 not in chosen.get(up, "rows").tolist()
+        assert 5 not in chosen.get(down, "cols").tolist()
+        assert chosen.num_neurons() == pool - 2
+        assert chosen.metadata["avoided"] == {down + "::cols": [5], up + "::rows": [5]}
+        assert chosen.metadata["avoid"] == "massive:40"
+    config = TrainConfig(method="random", num_neurons=pool - 2, select_avoid="massive:10",
+                         train_file=toy_data_dir)
+    trained = select_for_training(model, config, dataset=examples())
+    assert 5 not in trained.get(down, "cols").tolist()
+    for bad in ("huge", "massive:1", "massive:x"):
+        with pytest.raises(NeftError, match="avoid"):
+            select_neurons(model, "random", neurons=4, data=examples(), avoid=bad)
+    with pytest.raises(NeftError, match="measures activations on the task data"):
+        select_neurons(model, "random", neurons=4, avoid="massive")
+    with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
+        TrainConfig(method="lora", select_avoid="massive", train_file=toy_data_dir)

@@ -42,6 +42,7 @@ from .budget import (
     resolve_budget,
 )
 from .datadriven import prepare_examples
+from .massive import massive_units, parse_avoid
 from .registry import DEFAULT_SCORER, ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
 
@@ -71,16 +72,29 @@ class NeuronScores:
                               lora_params=lora, lora_rank=match_lora)
 
     def select(self, budget: Budget, quota: str | None = None,
-               layers: str | None = None) -> NeuronSet:
+               layers: str | None = None,
+               avoid: dict[int, torch.Tensor] | None = None) -> NeuronSet:
         """The budget's best neurons; ``layers`` (see budget.parse_layers) keeps the
-        selection to a band of blocks, the budget unchanged."""
+        selection to a band of blocks, the budget unchanged; ``avoid`` (group position ->
+        positions in it, e.g. massive.massive_units) is never chosen."""
         keep = band_groups(self.groups, layers, budget.neurons)
-        picked = choose([self.groups[i] for i in keep], [self.scores[i] for i in keep],
+        scores = list(self.scores)
+        for i, positions in (avoid or {}).items():
+            scores[i] = scores[i].double().clone()
+            scores[i][positions] = float("-inf")
+        picked = choose([self.groups[i] for i in keep], [scores[i] for i in keep],
                         budget.neurons, quota)
         chosen = {keep[j]: indices for j, indices in picked.items()}
         metadata = {**self.metadata, "budget": budget.to_dict(), "quota": quota or "global"}
         if layers is not None:
             metadata["layers"] = layers
+        if avoid:
+            avoided: dict[str, list[int]] = {}
+            for i, positions in avoid.items():
+                group = self.groups[i]
+                avoided.setdefault(f"{group.module}::{group.axis}", []).extend(
+                    (positions + group.start).tolist())
+            metadata["avoided"] = avoided
         return neuron_set_from_groups(self.groups, chosen, metadata)
 
 
@@ -95,6 +109,7 @@ def select_neurons(
     lora_target_modules: Sequence[str] | None = None,
     quota: str | None = None,
     layers: str | None = None,
+    avoid: str | None = None,
     **options: Any,
 ) -> NeuronSet:
     """Score the model's candidate neurons and keep the budget's best as a NeuronSet.
@@ -105,6 +120,8 @@ def select_neurons(
     ``quota``: None ranks all layers together (the paper); ``layer``, ``kind`` or
     ``module`` (layer x kind) rank within each and split the budget by pool size.
     ``layers``: select only in these blocks ('A-B', '3,5,7', 'upper:N', 'lower:N').
+    ``avoid``: 'massive' (or 'massive:R') never chooses the units whose activation on the
+    task data is R x their layer's median (select.massive); needs ``data``.
     ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
     is checked before scoring, so a bad one fails fast.
     """
@@ -131,8 +148,28 @@ def select_neurons(
             logger.info("neft select: %s, budget %s, pool %s neurons", scorer,
                         budgets[0].describe(), f"{scores.metadata['candidate_pool']:,}")
 
-    scores = score_neurons(model, scorer, on_ready=check_budget, **options)
-    return scores.select(budgets[0], quota, layers)
+    if avoid is None:
+        scores = score_neurons(model, scorer, on_ready=check_budget, **options)
+        return scores.select(budgets[0], quota, layers)
+    ratio = parse_avoid(avoid)
+    if options.get("data") is None:
+        raise NeftError(f"avoid={avoid!r} measures activations on the task data: pass data= "
+                        "(CLI --data PATH)")
+    model, _, tokenizer = open_model(model, options.pop("tokenizer", None), True)
+    examples = prepare_examples(options["data"], tokenizer, options.get("task", "translation"),
+                                options.get("max_length", 128), options.get("limit"))
+    if not get_scorer(scorer).wants_data(has_reference=options.get("reference") is not None):
+        options.pop("data")
+    # measured before scoring: the probes train the model (and put it back) while scoring
+    groups = find_neuron_groups(model, options.get("target_modules"),
+                                options.get("include_gate", False))
+    avoided = massive_units(model, groups, examples, getattr(tokenizer, "pad_token_id", None)
+                            or 0, ratio, options.get("seed", 1234))
+    scores = score_neurons(model, scorer, on_ready=check_budget, tokenizer=tokenizer,
+                           **options)
+    chosen = scores.select(budgets[0], quota, layers, avoided)
+    chosen.metadata["avoid"] = f"massive:{ratio:g}"
+    return chosen
 
 
 def score_neurons(

@@ -17,7 +17,7 @@ from .methods import (
     select_for_training,
     trainable_parameters,
 )
-from .options import TrainConfig
+from .options import SELECTION_SHAPES, TrainConfig
 from .run import (
     LOG_FILE,
     PLOT_FILE,
@@ -30,8 +30,8 @@ from .run import (
 from .trainer import NeftTrainer, StopOnSignal, training_arguments
 
 __all__ = [
-    "LOG_FILE", "METHODS", "PLOT_FILE", "RUN_FILE", "Method", "MethodSpec", "NeftTrainer",
-    "StopOnSignal", "TrainConfig", "get_method", "last_checkpoint", "load_split",
+    "LOG_FILE", "METHODS", "PLOT_FILE", "RUN_FILE", "SELECTION_SHAPES", "Method", "MethodSpec",
+    "NeftTrainer", "StopOnSignal", "TrainConfig", "get_method", "last_checkpoint", "load_split",
     "peak_memory_mb", "prepare_model", "register_method", "select_for_training", "train",
     "trainable_parameters", "training_arguments",
 ]

@@ -190,12 +190,14 @@ def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> 
         return NeuronSet.load(config.neurons)
     scorer = get_method(config.method).scorer or config.scorer
     # reversed has no --reference here, so it runs a probe on the training data
-    data = list(dataset) if get_scorer(scorer).wants_data(has_reference=False) else None
+    wants_data = get_scorer(scorer).wants_data(has_reference=False) or config.select_avoid
+    data = list(dataset) if wants_data else None
     options = config.scorer_options if scorer == config.scorer else None
     return _on_rank_zero(lambda: select_neurons(model, scorer=scorer, data=data,
                                                 seed=config.seed, scorer_options=options,
                                                 layers=config.select_layers,
                                                 quota=config.select_quota,
+                                                avoid=config.select_avoid,
                                                 **_budget(config)))
 
 

@@ -13,8 +13,12 @@ from ..data.options import DataOptions
 from ..errors import NeftError
 from ..select import SCORERS
 from ..select.budget import QUOTAS
+from ..select.massive import parse_avoid
 from ..select.registry import DEFAULT_SCORER, check_scorer_options
 from .methods import METHODS
+
+# The options that shape a selection made on the fly (not one read from --neurons).
+SELECTION_SHAPES = ("select_layers", "select_quota", "select_avoid")
 
 
 @dataclass
@@ -43,6 +47,9 @@ class TrainConfig(DataOptions):
                                        "upper:N or lower:N (the budget unchanged)")
     select_quota: str | None = option("rank within each layer, kind or module, the budget "
                                       "split by pool size (default: one global ranking)")
+    select_avoid: str | None = option("leave out of the selection: massive (or massive:R), the "
+                                      "units whose activation is R x their layer's median "
+                                      "(R 40)")
     match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")
@@ -164,7 +171,9 @@ class TrainConfig(DataOptions):
         if self.neurons and self.method != "neft":
             raise NeftError(f"neurons is used by method neft only, and method is "
                             f"{self.method}: drop --neurons or pass --method neft")
-        for name in ("select_layers", "select_quota"):
+        if self.select_avoid is not None:
+            parse_avoid(self.select_avoid)
+        for name in SELECTION_SHAPES:
             if getattr(self, name) is None:
                 continue
             if not METHODS[self.method].selects_neurons:

@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", default=None,
                         help="select only in these blocks: A-B, 3,5,7, upper:N or lower:N "
                              "(the budget unchanged)")
+    parser.add_argument("--avoid", default=None,
+                        help="leave out massive (or massive:R): the units whose activation on "
+                             "--data is R x their layer's median (R 40)")
     parser.add_argument("--reference", help="fine-tuned checkpoint (folder or .safetensors) for "
                                             "cosine/reversed")
     parser.add_argument("--data", help="task data for probe/fast-probe/gradient (file or folder "
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         neurons = select_neurons(
             args.model, args.scorer, neurons=args.neurons, percent=args.percent,
             params=args.params, match_lora=args.match_lora, lora_target_modules=targets,
-            quota=args.quota, layers=args.layers, reference=args.reference, data=args.data,
+            quota=args.quota, layers=args.layers, avoid=args.avoid, reference=args.reference,
+            data=args.data,
             task=args.task,
             max_length=args.max_length, limit=args.limit, seed=args.seed,
             target_modules=args.target_modules, include_gate=args.include_gate,

@@ -22,7 +22,7 @@ from ...data.options import DATA_OPTIONS, DataOptions
 from ...data.sources import fingerprint, load_drift_sets
 from ...errors import NeftError
 from ...evaluate.metrics import parse_metrics
-from ...train import METHODS, TrainConfig
+from ...train import METHODS, SELECTION_SHAPES, TrainConfig
 
 # TrainConfig options that compare sets itself, with where the user gives them instead.
 OWNED_TRAIN = {
@@ -531,7 +531,7 @@ def selection_key(train: dict[str, Any]) -> str:
             "lora_target_modules", "trust_remote_code")
     values = {k: train.get(k) for k in keys}
     # Settings added later count only when set, so that earlier grids keep their sets.
-    values.update({k: train[k] for k in ("scorer_options", "select_layers", "select_quota")
+    values.update({k: train[k] for k in ("scorer_options", *SELECTION_SHAPES)
                    if train.get(k) is not None})
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -34,6 +34,7 @@ from ...evaluate import EvalConfig, run_eval
 from ...train import (
     METHODS,
     RUN_FILE,
+    SELECTION_SHAPES,
     TrainConfig,
     load_split,
     peak_memory_mb,
@@ -165,9 +166,9 @@ def run_job(folder: str) -> dict[str, Any]:
                                          front["steps"]))
         if job.get("neurons"):
             ensure_neurons(train_values, job["neurons"])
-            # the set is made: its layers and quota are in its metadata and the run's spec
-            train_values = {**train_values, "neurons": job["neurons"], "select_layers": None,
-                            "select_quota": None}
+            # the set is made: how it was shaped is in its metadata and the run's spec
+            train_values = {**train_values, "neurons": job["neurons"],
+                            **dict.fromkeys(SELECTION_SHAPES)}
 
             metadata = NeuronSet.load(job["neurons"]).metadata
             result["selection_seconds"] = metadata.get("wall_time_s")

@@ -1,0 +1,91 @@
+"""Massive-activation units: the few MLP units whose activation dwarfs the rest of their
+layer (Sun et al. 2024, "Massive activations in large language models"). Training one
+of them moves the model far on all text: in SmolLM2 one such unit (layer 11, 490x its
+layer's median) carried 62% of a random selection's drift, and NeFT's fast-probe picks
+the late layers' ones every time (benchmarks/results/massive_units.md). ``avoid="massive"``
+leaves them out of any selection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.neurons import NeuronGroup
+from ..errors import NeftError
+
+DEFAULT_RATIO = 40.0  # SmolLM2-135M: the units above it stand apart (42-493x; next: 31x)
+BATCHES, BATCH_SIZE = 8, 4
+
+
+def parse_avoid(avoid: str) -> float:
+    """'massive' or 'massive:R' -> R, the multiple of the layer's median that counts."""
+    name, _, ratio = avoid.partition(":")
+    if name != "massive":
+        raise NeftError(f"avoid {avoid!r} is not known; use massive or massive:R (units "
+                        f"whose mean |activation| is R x their layer's median, default "
+                        f"{DEFAULT_RATIO:g})")
+    try:
+        value = float(ratio) if ratio else DEFAULT_RATIO
+    except ValueError:
+        value = float("nan")
+    if not value > 1:
+        raise NeftError(f"avoid {avoid!r}: R must be a number above 1, e.g. massive:40")
+    return value
+
+
+def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
+                  examples: Sequence[Any], pad_id: int, ratio: float, seed: int = 1234
+                  ) -> dict[int, torch.Tensor]:
+    """Group position -> positions (within the group) of its massive units. A unit is
+    massive when its mean |input| to a column group's module (down_proj), over a few
+    batches of task tokens, is at least ``ratio`` x that module's median; the row groups
+    of the same layer and width (up_proj, gate_proj) lose the same units."""
+    from .datadriven import batches
+
+    if not examples:
+        raise NeftError("avoid=massive measures activations on the task data: pass data=")
+    columns = [i for i, g in enumerate(groups) if g.axis == "cols"]
+    sums = {i: torch.zeros(groups[i].count, dtype=torch.float64) for i in columns}
+    modules = dict(model.named_modules())
+    mask: list[torch.Tensor] = []
+
+    def record(index: int):
+        group = groups[index]
+
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            part = inputs[0].detach()[..., group.start:group.start + group.count]
+            sums[index] += part.abs()[mask[0].to(part.device)].double().sum(0).cpu()
+        return hook
+
+    hooks = [modules[groups[i].module].register_forward_pre_hook(record(i)) for i in columns]
+    device = next(model.parameters()).device
+    tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stream = batches(examples, BATCH_SIZE, seed, pad_id, device)
+            for _ in range(min(BATCHES, max(1, len(examples) // BATCH_SIZE))):
+                batch = next(stream)
+                mask[:] = [batch["attention_mask"].bool().cpu()]
+                tokens += int(mask[0].sum())
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    found: dict[int, torch.Tensor] = {}
+    for i in columns:
+        mean = sums[i] / max(tokens, 1)
+        units = (mean >= ratio * mean.median()).nonzero().flatten()
+        if not units.numel():
+            continue
+        column = groups[i]
+        for j, group in enumerate(groups):
+            if j == i or (group.axis == "rows" and group.layer == column.layer
+                          and group.count == column.count):
+                found[j] = torch.cat([found.get(j, units.new_empty(0)), units]).unique()
+    return found
