@@ -206,11 +206,10 @@ class TrainConfig(DataOptions):
         if not method.selects_neurons:
             ignored.update(dict.fromkeys(("scorer", "scorer_options", "neft_mode"),
                                          f"method {self.method} selects no neurons"))
-            if method.budget != "parameters":
-                ignored.update(dict.fromkeys(budget, f"method {self.method} has no neuron "
-                                                     "budget" + (" (its size is --lora_r)"
-                                                                 if self.method == "lora"
-                                                                 else "")))
+            if method.budget != "parameters":  # PEFT's peers are sized by the budget
+                size = " (its size is --lora_r)" if self.method == "lora" else ""
+                ignored.update(dict.fromkeys(
+                    budget, f"method {self.method} has no neuron budget{size}"))
         elif self.neurons:
             ignored.update(dict.fromkeys(("scorer", "scorer_options", *budget),
                                          "--neurons gives the set, made earlier"))
