@@ -16,6 +16,7 @@ running is read as far as it got.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 from typing import Any
@@ -30,9 +31,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MEASURES = ("loss at matched drift", "drift at matched loss")
 
 
-def against_reference(grid: str) -> dict[str, Any]:
-    """Every cell's front verdicts against the grid's reference cell, and its progress."""
+def against_reference(grid: str, reference: str | None = None) -> dict[str, Any]:
+    """Every cell's front verdicts against the grid's reference cell (or `reference`, one
+    of its cells), and its progress."""
     plan, _ = grid_plan(grid)
+    if reference is not None:
+        if reference not in {c.name for c in plan.cells}:
+            raise SystemExit(f"error: {reference!r} is not a cell of {grid}; its cells: "
+                             + ", ".join(c.name for c in plan.cells))
+        plan = dataclasses.replace(plan, reference=reference)
     done = sum(current(plan, run) is not None for run in plan.runs)
     found = verdicts(plan)
     rows: list[dict[str, Any]] = []
@@ -151,11 +158,16 @@ def main() -> None:
     parser.add_argument("grids", nargs="+", help="selection screen folders (with compare.json)")
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="selection_study")
+    parser.add_argument("--reference", default=None,
+                        help="read every cell against this cell instead of the grid's reference "
+                             "(e.g. random-avoid-lora8)")
     args = parser.parse_args()
     made = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
     command = "benchmarks/selection_study.py " + " ".join(
         os.path.basename(os.path.normpath(g)) for g in args.grids)
-    studies = [against_reference(grid) for grid in args.grids]
+    if args.reference:
+        command += f" --reference {args.reference} --name {args.name}"
+    studies = [against_reference(grid, args.reference) for grid in args.grids]
     base = os.path.join(args.results, args.name)
     text = markdown(studies, command, made, args.name)
     with atomic_text(base + ".md") as handle:

@@ -227,6 +227,29 @@ def test_a_cell_can_have_its_own_sweep(tiny_model_dir, toy_data_dir, tmp_path) -
             methods=[{"method": "lora", "own_sweep": True, "learning_rate": 1e-3}])))
 
 
+def test_a_subset_of_cells_runs_the_grids_own_runs(tiny_model_dir, toy_data_dir,
+                                                  tmp_path) -> None:
+    """cells: runs only the cells named, with the very runs (folders and specs) of the whole
+    grid, so either reuses the other's finished runs."""
+    methods = [{"method": "lora", "lora_r": 2, "learning_rate": 1e-3},
+               {"method": "neft", "num_neurons": 6, "learning_rate": 1e-2},
+               {"method": "full", "learning_rate": 1e-4}]
+    whole = build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir, tmp_path,
+                                                     methods=methods, include_base=True)))
+    part = build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir, tmp_path,
+                                                    methods=methods, include_base=True,
+                                                    cells="full, lora-r2")))
+    assert [c.name for c in part.cells] == ["lora-r2", "full"]  # the grid's order
+    runs = {r.folder: r.spec for r in whole.runs}
+    assert {r.folder for r in part.runs} == {"cells/base", *(
+        f for f in runs if f.startswith(("cells/lora-r2-", "cells/full-")))}
+    assert all(runs[r.folder] == r.spec for r in part.runs)
+    with pytest.raises(NeftError, match="'neft-6' is not a cell of the grid; did you mean "
+                                        "'neft-6n'"):
+        build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir, tmp_path,
+                                                 methods=methods, cells="neft-6")))
+
+
 def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) -> None:
     def plan(**options):
         return build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir,

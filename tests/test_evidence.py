@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -377,6 +378,44 @@ def test_a_fronts_only_grid_generates_nothing(tiny_model_dir, toy_data_dir, tmp_
     assert not (root / "compare.png").exists() and (root / "compare-front.png").exists()
 
 
+def load_benchmark(name: str):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
+        tiny_model_dir, toy_data_dir, tmp_path):
+    """The records grid_records.py commits (no adapters) are enough to skip every run on
+    another machine and to read the same verdicts, against any cell as reference."""
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, test_split="dev", seeds=[1],
+                        reference="random-6n")
+    values["front"]["generate"] = "none"
+    values["methods"] = [{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]},
+                         {"method": "random", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]}]
+    assert not compare(values)["failed"]
+    records = tmp_path / "records"
+    (records / "old-file").parent.mkdir()
+    (records / "old-file").write_text("replaced whole")
+    assert load_benchmark("grid_records").copy_records(str(tmp_path / "out"), str(records)) == 5
+    kept = {p.name for p in records.rglob("*") if p.is_file()}
+    assert kept == {"compare.json", "compare.md", "result.json", "points.json", "job.json"}
+    study = load_benchmark("selection_study")
+    original = study.against_reference(str(tmp_path / "out"))
+    copied = study.against_reference(str(records))
+    assert copied["done"] == copied["planned"] == 5 and copied["rows"] == original["rows"]
+    flipped = study.against_reference(str(records), "neft-6n")
+    assert {r["reference"] for r in flipped["rows"]} == {"random-6n"}
+    with pytest.raises(SystemExit, match="not a cell"):
+        study.against_reference(str(records), "lora-r8")
+    shutil.copytree(records, tmp_path / "restored")
+    assert not compare({**values, "output_dir": str(tmp_path / "restored")})["ran"]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"reference": "nope"}, "not a cell"),
     ({"front": None}, "learning_rates traces a front"),
@@ -475,12 +514,7 @@ def test_verdicts_say_when_they_rest_on_the_line_from_the_base_or_past_the_front
 
 
 def test_the_selection_study_names_a_winner_only_without_a_resolved_loss():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "selection_study.py")
-    spec = importlib.util.spec_from_file_location("selection_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("selection_study")
 
     def grid(*verdicts):
         return {"rows": [{"reference": cell, "verdict": verdict} for cell, verdict in verdicts]}

@@ -77,6 +77,8 @@ class CompareConfig(DataOptions):
                                 "generate: best|all, loss_samples: N (YAML only)")
     reference: str | None = option("the cell the verdicts compare every other cell with "
                                    "(default: the first neft cell)")
+    cells: str | None = option("run only these cells of the grid (comma-separated names, as "
+                               "in its table): a subset that shares the grid's folder and runs")
     include_base: bool = option("also score the untrained model (no training, one run)", False)
     plot_metric: str | None = option("score on the plot's y axis (default: every table metric)")
     isolate: bool = option("run each run in its own process (own peak memory; a crash "
@@ -357,6 +359,7 @@ def build_plan(config: CompareConfig) -> Plan:
                           label, source, own_sweep=own_sweep, learning_rates=rates,
                           seeded_rate=seeded))
 
+    cells = _only(config.cells, cells)
     swept_by_method: dict[str, Cell] = {}
     reference = _reference(config, cells, front)
     for cell in cells:
@@ -497,6 +500,20 @@ def _check_front_steps(steps: list[int], train: dict[str, Any], where: str) -> N
     if isinstance(max_steps, int) and max_steps > 0 and steps[-1] > max_steps:
         raise NeftError(f"front.steps {steps}: {steps[-1]} is past {where}.max_steps "
                         f"({max_steps}); drop it or train longer")
+
+
+def _only(wanted: str | None, cells: list[Cell]) -> list[Cell]:
+    """The cells `cells:` names, in the grid's order (all when it is not set)."""
+    if not wanted:
+        return cells
+    names = [c.name for c in cells]
+    chosen = [n.strip() for n in wanted.split(",") if n.strip()]
+    for name in chosen:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"its cells: {', '.join(names)}"
+            raise NeftError(f"cells: {name!r} is not a cell of the grid; {hint}")
+    return [c for c in cells if c.name in chosen]
 
 
 def _reference(config: CompareConfig, cells: list[Cell], front: dict[str, Any] | None
