@@ -31,10 +31,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MEASURES = ("loss at matched drift", "drift at matched loss")
 
 
-def against_reference(grid: str, reference: str | None = None) -> dict[str, Any]:
+def against_reference(grid: str, reference: str | None = None,
+                      confirm: bool = False) -> dict[str, Any]:
     """Every cell's front verdicts against the grid's reference cell (or `reference`, one
-    of its cells), and its progress."""
+    of its cells), and its progress; with `confirm`, on the grid's confirm split."""
     plan, _ = grid_plan(grid)
+    if confirm:
+        split = plan.front["confirm_split"] if plan.front else None
+        if not split:
+            raise SystemExit(f"error: {grid} ran without front.confirm_split: nothing to "
+                             "confirm on")
+        plan = dataclasses.replace(plan, read_split=split)
     if reference is not None:
         if reference not in {c.name for c in plan.cells}:
             raise SystemExit(f"error: {reference!r} is not a cell of {grid}; its cells: "
@@ -50,7 +57,7 @@ def against_reference(grid: str, reference: str | None = None) -> dict[str, Any]
                 if cell in fronts.cells and plan.reference in fronts.cells:
                     rows += fronts.compare(cell, plan.reference)
     return {"grid": os.path.basename(os.path.normpath(grid)), "reference": plan.reference,
-            "split": plan.config.test_split,
+            "split": plan.read_split or plan.config.test_split,
             "done": done, "planned": len(plan.runs), "rows": rows,
             "sets": found["sets"] if found else []}
 
@@ -161,13 +168,20 @@ def main() -> None:
     parser.add_argument("--reference", default=None,
                         help="read every cell against this cell instead of the grid's reference "
                              "(e.g. random-avoid-lora8)")
+    parser.add_argument("--confirm", action="store_true",
+                        help="read the grids' confirm split (front.confirm_split, e.g. test) "
+                             "instead of the split the screen chose on")
     args = parser.parse_args()
     made = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
     command = "benchmarks/selection_study.py " + " ".join(
         os.path.basename(os.path.normpath(g)) for g in args.grids)
     if args.reference:
-        command += f" --reference {args.reference} --name {args.name}"
-    studies = [against_reference(grid, args.reference) for grid in args.grids]
+        command += f" --reference {args.reference}"
+    if args.confirm:
+        command += " --confirm"
+    if args.name != "selection_study":
+        command += f" --name {args.name}"
+    studies = [against_reference(grid, args.reference, args.confirm) for grid in args.grids]
     base = os.path.join(args.results, args.name)
     text = markdown(studies, command, made, args.name)
     with atomic_text(base + ".md") as handle:

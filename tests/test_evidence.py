@@ -29,6 +29,7 @@ from neft.data.sources import (
 from neft.errors import NeftError
 from neft.evaluate import evaluate_model
 from neft.evaluate.likelihood import drift, target_loss, text_windows
+from neft.experiments.compare.front import read_points
 from neft.experiments.compare.plan import CompareConfig, _cell_name
 from neft.experiments.compare.verdicts import drift_at, envelope, loss_at
 
@@ -376,6 +377,11 @@ def test_a_fronts_only_grid_generates_nothing(tiny_model_dir, toy_data_dir, tmp_
     assert measures == {"loss at matched drift", "drift at matched loss"}
     assert "test split `dev`" in (root / "compare.md").read_text()
     assert not (root / "compare.png").exists() and (root / "compare-front.png").exists()
+    with pytest.raises(NeftError, match="no loss on the 'test' split"):
+        read_points(str(root / "cells/base"), "test")
+    with pytest.raises(NeftError, match="confirm_split must name a split other than"):
+        build_plan(from_dict(CompareConfig, {**values, "front": {**values["front"],
+                                                                 "confirm_split": "dev"}}))
 
 
 def load_benchmark(name: str):
@@ -391,10 +397,11 @@ def load_benchmark(name: str):
 def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
         tiny_model_dir, toy_data_dir, tmp_path):
     """The records grid_records.py commits (no adapters) are enough to skip every run on
-    another machine and to read the same verdicts, against any cell as reference."""
+    another machine and to read the same verdicts, against any cell as reference, on the
+    screen's split or on its confirm split."""
     values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, test_split="dev", seeds=[1],
                         reference="random-6n")
-    values["front"]["generate"] = "none"
+    values["front"].update(generate="none", confirm_split="test")
     values["methods"] = [{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]},
                          {"method": "random", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]}]
     assert not compare(values)["failed"]
@@ -412,6 +419,18 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     assert {r["reference"] for r in flipped["rows"]} == {"random-6n"}
     with pytest.raises(SystemExit, match="not a cell"):
         study.against_reference(str(records), "lora-r8")
+    # every point, the base's too, holds the confirm split's loss of a direct computation
+    base = json.loads((records / "cells/base/points.json").read_text())[0]
+    assert base["confirm"]["split"] == "test" and len(base["confirm"]["test"]["nll"]) == 4
+    tokenizer, model, _ = tiny_pair(tiny_model_dir)
+    direct = target_loss(model, tokenizer, load_records(toy_data_dir, split="test", limit=4,
+                                                        task="translation"), max_length=64)
+    assert base["confirm"]["test_loss"] == pytest.approx(direct["loss"], rel=1e-5)
+    confirmed = study.against_reference(str(records), confirm=True)
+    assert confirmed["split"] == "test" and confirmed["rows"]
+    assert confirmed["rows"][0]["delta"] != copied["rows"][0]["delta"]
+    result = json.loads((records / "cells/neft-6n-lr0.01-s1/result.json").read_text())
+    assert all("confirm_loss" in p for p in result["points"])
     shutil.copytree(records, tmp_path / "restored")
     assert not compare({**values, "output_dir": str(tmp_path / "restored")})["ran"]
 

@@ -4,7 +4,9 @@ A *point* is one run at one step: its dev loss (Trainer's evaluation), its test 
 NLL per target token over the test split) and its drift (KL(base || tuned) per token on
 each general-text set), with the per-record sums that the verdicts resample. A run's
 points are kept in points.json beside its result, written after each one, so that a
-resumed run keeps the points it has.
+resumed run keeps the points it has. With a confirm split (a screen on dev that test
+confirms) each point also holds that split's loss, read in place of the test split's only
+when a choice made on the first is checked.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ...core.io import read_json, write_json
+from ...errors import NeftError
 from ...evaluate.likelihood import drift, target_loss
 
 POINTS_FILE = "points.json"
@@ -27,9 +30,11 @@ class FrontMeasure:
     def __init__(self, tokenizer: Any, records: Sequence[Mapping[str, Any]],
                  prompt: Mapping[str, Any], max_length: int, base: Any,
                  drift_sets: Mapping[str, Sequence[str]], batch_size: int = 16,
-                 bf16: bool = False) -> None:
+                 bf16: bool = False,
+                 confirm: tuple[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
         self.tokenizer = tokenizer
         self.records = records
+        self.confirm = confirm  # (split name, its records)
         self.prompt = prompt
         self.max_length = max_length
         self.base = base
@@ -37,17 +42,33 @@ class FrontMeasure:
         self.batch_size = batch_size
         self.bf16 = bf16
 
-    def test_loss(self, model: Any) -> dict[str, Any]:
-        return target_loss(model, self.tokenizer, self.records, self.prompt["task"],
-                           self.prompt["template"], self.prompt.get("source_lang"),
-                           self.prompt.get("target_lang"), max_length=self.max_length,
-                           batch_size=self.batch_size, bf16=self.bf16)
+    def test_loss(self, model: Any, records: Sequence[Mapping[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+        return target_loss(model, self.tokenizer, self.records if records is None else records,
+                           self.prompt["task"], self.prompt["template"],
+                           self.prompt.get("source_lang"), self.prompt.get("target_lang"),
+                           max_length=self.max_length, batch_size=self.batch_size,
+                           bf16=self.bf16)
 
-    def __call__(self, model: Any) -> dict[str, Any]:
+    def losses(self, model: Any) -> dict[str, Any]:
+        """The test split's loss, per-record sums, and the confirm split's likewise."""
         loss = self.test_loss(model)
         point: dict[str, Any] = {"test_loss": loss["loss"],
-                                 "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
-                                 "drift": {}}
+                                 "test": {"nll": loss["nll"], "tokens": loss["token_counts"]}}
+        if self.confirm is not None:
+            split, records = self.confirm
+            other = self.test_loss(model, records)
+            point["confirm"] = {"split": split, "test_loss": other["loss"],
+                                "test": {"nll": other["nll"], "tokens": other["token_counts"]}}
+        return point
+
+    def base_point(self) -> dict[str, Any]:
+        """The base model's point: step 0, no drift."""
+        return {"step": 0, "dev_loss": None, **self.losses(self.base),
+                "drift": {name: {"kl": 0.0, "loss_change": 0.0} for name in self.drift_sets}}
+
+    def __call__(self, model: Any) -> dict[str, Any]:
+        point: dict[str, Any] = {**self.losses(model), "drift": {}}
         for name, texts in self.drift_sets.items():
             moved = drift(model, self.base, self.tokenizer, texts, max_length=self.max_length,
                           batch_size=max(1, self.batch_size // 2), bf16=self.bf16)
@@ -56,10 +77,21 @@ class FrontMeasure:
         return point
 
 
-def read_points(folder: str) -> list[dict[str, Any]]:
-
+def read_points(folder: str, split: str | None = None) -> list[dict[str, Any]]:
+    """A run's points; with `split` (its grid's confirm split), that split's loss stands
+    where the test split's was, so the fronts and verdicts read the confirmation."""
     path = os.path.join(folder, POINTS_FILE)
-    return read_json(path) if os.path.isfile(path) else []
+    points = read_json(path) if os.path.isfile(path) else []
+    if split is None:
+        return points
+    swapped = []
+    for point in points:
+        confirm = point.get("confirm")
+        if not confirm or confirm.get("split") != split:
+            raise NeftError(f"{path}: step {point['step']} has no loss on the {split!r} split; "
+                            "its grid ran without front.confirm_split: " + split)
+        swapped.append({**point, "test_loss": confirm["test_loss"], "test": confirm["test"]})
+    return swapped
 
 
 class FrontPoints(TrainerCallback):

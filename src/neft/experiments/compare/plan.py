@@ -41,7 +41,7 @@ OWNED_TRAIN = {
 EVAL_KEYS = ("batch_size", "max_new_tokens", "no_repeat_ngram_size", "stop_at_newline",
              "metrics", "comet_model", "dtype", "bf16")
 SWEEP_KEYS = ("values", "steps", "per")
-FRONT_KEYS = ("steps", "drift_data", "generate", "loss_samples")
+FRONT_KEYS = ("steps", "drift_data", "generate", "loss_samples", "confirm_split")
 CELL_EXTRA_KEYS = ("name", "seeds", "own_sweep", "learning_rates")
 # Options that change no result: left out of a run's spec.
 NOT_IN_SPEC = ("output_dir", "resume", "overwrite", "logging_steps", "report_to",
@@ -74,7 +74,8 @@ class CompareConfig(DataOptions):
                                   "{method: neft, match_lora: 8} (YAML only)")
     front: dict | None = option("measure test loss and drift at dev evaluations: steps: [N, "
                                 "...], drift_data: files (default: this machine's), "
-                                "generate: best|all, loss_samples: N (YAML only)")
+                                "generate: best|all, loss_samples: N, confirm_split: a "
+                                "second split measured at the same points (YAML only)")
     reference: str | None = option("the cell the verdicts compare every other cell with "
                                    "(default: the first neft cell)")
     cells: str | None = option("run only these cells of the grid (comma-separated names, as "
@@ -155,6 +156,7 @@ class Plan:
     metrics: list[str]  # score names in the table
     front: dict[str, Any] | None = None  # steps, drift_data, drift_sets, generate, ...
     reference: str | None = None  # the verdicts' reference cell
+    read_split: str | None = None  # fronts read on front.confirm_split, not test_split
 
     def cell(self, name: str) -> Cell:
         return next(c for c in self.cells if c.name == name)
@@ -409,7 +411,8 @@ def build_plan(config: CompareConfig) -> Plan:
                      "prompt": {k: common[k] for k in DATA_OPTIONS}}
         if front is not None:  # its test loss is the fronts' point at drift 0
             base_spec["front"] = {"loss_samples": front["loss_samples"],
-                                  "max_length": cells[0].train["max_length"]}
+                                  "max_length": cells[0].train["max_length"],
+                                  "confirm_split": front["confirm_split"]}
             if front["generate"] == "none":  # a base without generation scores
                 base_spec["front"]["generate"] = "none"
         runs.append(Run("base", "base", os.path.join("cells", "base"), canonical(base_spec)))
@@ -478,6 +481,13 @@ def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | No
         raise NeftError(f"front.loss_samples must be a positive whole number, not "
                         f"{loss_samples!r}")
 
+    confirm = front.get("confirm_split")
+    if confirm is not None and (not isinstance(confirm, str) or not confirm
+                                or confirm == config.test_split):
+        raise NeftError(f"front.confirm_split must name a split other than test_split "
+                        f"({config.test_split}), e.g. test beside test_split: dev; not "
+                        f"{confirm!r}")
+
     drift_data = front.get("drift_data")
     if isinstance(drift_data, list):
         drift_data = [_abs_if_local(str(p)) for p in drift_data]
@@ -486,8 +496,9 @@ def _front(config: CompareConfig, shared: dict[str, Any]) -> dict[str, Any] | No
     sets = load_drift_sets(drift_data)
     prints = {name: fingerprint(texts) for name, texts in sets.items()}
     return {"steps": steps, "drift_data": drift_data, "generate": generate,
-            "loss_samples": loss_samples, "drift_sets": prints,
-            "spec": {"steps": steps, "drift_sets": prints, "loss_samples": loss_samples}}
+            "loss_samples": loss_samples, "drift_sets": prints, "confirm_split": confirm,
+            "spec": {"steps": steps, "drift_sets": prints, "loss_samples": loss_samples,
+                     "confirm_split": confirm}}
 
 
 def _check_front_steps(steps: list[int], train: dict[str, Any], where: str) -> None:

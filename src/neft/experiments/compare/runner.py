@@ -59,8 +59,11 @@ def check_data(plan: Plan) -> None:
     config = plan.config
     test = plan.front["loss_samples"] if plan.front is not None else config.max_test_samples
     limits: dict[str | None, int | None] = {}
-    for split, limit in ((config.train_split, config.max_train_samples),
-                         (config.dev_split, config.max_dev_samples), (config.test_split, test)):
+    used = [(config.train_split, config.max_train_samples),
+            (config.dev_split, config.max_dev_samples), (config.test_split, test)]
+    if plan.front is not None and plan.front["confirm_split"]:
+        used.append((plan.front["confirm_split"], test))
+    for split, limit in used:
         seen = limits.get(split, 0)  # a split read twice: the larger of the two (None: all)
         limits[split] = None if None in (seen, limit) else max(seen, limit)
     for split, limit in limits.items():
@@ -225,7 +228,7 @@ def _job(plan: Plan, run: Run) -> dict[str, Any]:
                    "data": plan.data, **prompt}
     if plan.front is not None and run.kind != "sweep":
         job["front"] = {k: plan.front[k] for k in ("steps", "drift_data", "loss_samples",
-                                                   "generate")}
+                                                   "generate", "confirm_split")}
         job["front"]["max_length"] = plan.cells[0].train["max_length"]
     if run.kind == "base":
         job["model"] = plan.model

@@ -50,7 +50,7 @@ def collect_points(plan: Plan) -> dict[str, Any]:
     for run in plan.runs:
         if current(plan, run) is None:
             continue
-        points = read_points(os.path.join(output_dir, run.folder))
+        points = read_points(os.path.join(output_dir, run.folder), plan.read_split)
         if run.kind == "base":
             base = points[0] if points else None
             continue

@@ -83,22 +83,29 @@ def front_measure(job: dict[str, Any], model_name: str) -> Any:
     the tokenizer), the test records (all, or front.loss_samples) and the drift sets."""
 
     front, values = job["front"], job["eval"]
-    records = load_records(values["data"], split=values["split"],
-                           field_map=field_map(values.get("source_field"),
-                                               values.get("target_field")),
-                           limit=front.get("loss_samples"), task=values["task"])
+
+    def records_of(split: str) -> list[dict[str, Any]]:
+        return load_records(values["data"], split=split,
+                            field_map=field_map(values.get("source_field"),
+                                                values.get("target_field")),
+                            limit=front.get("loss_samples"), task=values["task"])
+
+    records = records_of(values["split"])
+    confirm_split = front.get("confirm_split")
+    confirm = (confirm_split, records_of(confirm_split)) if confirm_split else None
     base, tokenizer = load_model(model_name, trust_remote_code=values.get("trust_remote_code",
                                                                           False))
     if torch.cuda.is_available():
         base.to("cuda")
     return FrontMeasure(tokenizer, records, values, front["max_length"], base,
                         load_drift_sets(front["drift_data"]), values.get("batch_size", 16),
-                        bool(values.get("bf16", False)))
+                        bool(values.get("bf16", False)), confirm)
 
 
 def point_summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A run's points without their per-record sums, for result.json."""
     return [{"step": p["step"], "dev_loss": p.get("dev_loss"), "test_loss": p["test_loss"],
+             **({"confirm_loss": p["confirm"]["test_loss"]} if "confirm" in p else {}),
              "drift": {name: d["kl"] for name, d in p["drift"].items()}} for p in points]
 
 
@@ -183,11 +190,7 @@ def run_job(folder: str) -> dict[str, Any]:
         result["dev_loss"] = summary["best_eval_loss"]
     if front is not None and job["kind"] == "base":
         measure = front_measure(job, job["model"])
-        loss = measure.test_loss(measure.base)
-        write_json(os.path.join(folder, POINTS_FILE), [{
-            "step": 0, "dev_loss": None, "test_loss": loss["loss"],
-            "test": {"nll": loss["nll"], "tokens": loss["token_counts"]},
-            "drift": {name: {"kl": 0.0, "loss_change": 0.0} for name in measure.drift_sets}}])
+        write_json(os.path.join(folder, POINTS_FILE), [measure.base_point()])
         del measure
     if front is not None and job["kind"] in ("cell", "base"):
         result["points"] = point_summary(read_points(folder))
