@@ -1,0 +1,37 @@
+#!/bin/bash
+# The selection screens (issue 19), in the order that decides soonest, resumable on any machine.
+#
+#   git worktree add ../wt-grid main && cd ../wt-grid && ln -s ../main/.venv .venv
+#   nohup benchmarks/screens.sh > ../screens.log 2>&1 &
+#   # before a working period ends, from the main checkout:
+#   .venv/bin/python benchmarks/grid_records.py ../wt-grid/outputs/compare/selection-en-de
+#
+# Each stage is `neft compare --cells` on the whole screen's config, so every stage's runs are
+# the screen's own (docs/selection.md, "Running it in stages"). The records committed in
+# benchmarks/results/grids/ are copied in first (never over a run folder already here), so a
+# new machine skips every run a former one finished. The worktree's own code runs, not the
+# editable install's that a linked .venv points at.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src"
+
+mkdir -p outputs/compare
+for grid in selection-en-de selection-sum-en-en; do
+    if [ -d "benchmarks/results/grids/$grid" ]; then
+        cp -rn "benchmarks/results/grids/$grid" outputs/compare/
+    fi
+done
+
+stage() {  # stage GRID [CELLS]
+    .venv/bin/neft compare --config "benchmarks/compare/$1.yaml" ${2:+--cells "$2"}
+}
+
+deciding=random-lora8,random-avoid-lora8,neft-fast-probe-avoid-lora8
+stage selection-en-de random-lora8          # the reference's front and seeds
+stage selection-en-de "$deciding"            # random and fast-probe without massive units
+stage selection-sum-en-en random-lora8
+stage selection-sum-en-en "$deciding"
+stage selection-en-de "$deciding,neft-fast-probe-lora8"
+stage selection-sum-en-en "$deciding,neft-fast-probe-lora8"
+stage selection-en-de                        # the other candidates
+stage selection-sum-en-en
