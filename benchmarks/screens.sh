@@ -1,29 +1,31 @@
 #!/bin/bash
 # The selection screens (issue 19), in the order that decides soonest, resumable on any machine.
 #
-#   git worktree add ../wt-grid main && cd ../wt-grid && ln -s ../main/.venv .venv
+#   git worktree add --detach ../wt-grid main && cd ../wt-grid && ln -s ../main/.venv .venv
 #   nohup benchmarks/screens.sh > ../screens.log 2>&1 &
 #   # before a working period ends, from the main checkout:
-#   .venv/bin/python benchmarks/grid_records.py ../wt-grid/outputs/compare/selection-en-de
+#   .venv/bin/python benchmarks/grid_records.py ../wt-grid/outputs/compare/selection-en-de  # (and -sum-en-en)
 #
 # Each stage is `neft compare --cells` on the whole screen's config, so every stage's runs are
-# the screen's own (docs/selection.md, "Running it in stages"). The records committed in
-# benchmarks/results/grids/ are copied in first (never over a run folder already here), so a
-# new machine skips every run a former one finished. The worktree's own code runs, not the
-# editable install's that a linked .venv points at.
-set -euo pipefail
+# the screen's own (docs/selection.md, "Running it in stages"). The runs recorded in
+# benchmarks/results/grids/ are restored first (grid_records.py --restore: a run this machine
+# finished itself is kept), so a new machine skips every run a former one finished. The
+# worktree's own code runs, not the editable install's that a linked .venv points at. A stage
+# with a failed run is reported and the next stage goes on; rerun the script to retry it.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src"
 
-mkdir -p outputs/compare
 for grid in selection-en-de selection-sum-en-en; do
     if [ -d "benchmarks/results/grids/$grid" ]; then
-        cp -rn "benchmarks/results/grids/$grid" outputs/compare/
+        .venv/bin/python benchmarks/grid_records.py --restore "benchmarks/results/grids/$grid" \
+            || exit 1
     fi
 done
 
 stage() {  # stage GRID [CELLS]
-    .venv/bin/neft compare --config "benchmarks/compare/$1.yaml" ${2:+--cells "$2"}
+    .venv/bin/neft compare --config "benchmarks/compare/$1.yaml" ${2:+--cells "$2"} \
+        || echo "screens.sh: a run of $1 ${2:+(cells $2) }failed; see its log.txt" >&2
 }
 
 deciding=random-lora8,random-avoid-lora8,neft-fast-probe-avoid-lora8

@@ -164,7 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("grids", nargs="+", help="selection screen folders (with compare.json)")
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
-    parser.add_argument("--name", default="selection_study")
+    parser.add_argument("--name", default=None,
+                        help="the pages' name (default: selection_study, with -confirm or "
+                             "-vs-REFERENCE appended for those readings)")
     parser.add_argument("--reference", default=None,
                         help="read every cell against this cell instead of the grid's reference "
                              "(e.g. random-avoid-lora8)")
@@ -179,8 +181,11 @@ def main() -> None:
         command += f" --reference {args.reference}"
     if args.confirm:
         command += " --confirm"
-    if args.name != "selection_study":
+    if args.name:
         command += f" --name {args.name}"
+    else:
+        args.name = "selection_study" + ("-confirm" if args.confirm else "") + (
+            f"-vs-{args.reference}" if args.reference else "")
     studies = [against_reference(grid, args.reference, args.confirm) for grid in args.grids]
     base = os.path.join(args.results, args.name)
     text = markdown(studies, command, made, args.name)

@@ -244,10 +244,30 @@ def test_a_subset_of_cells_runs_the_grids_own_runs(tiny_model_dir, toy_data_dir,
     assert {r.folder for r in part.runs} == {"cells/base", *(
         f for f in runs if f.startswith(("cells/lora-r2-", "cells/full-")))}
     assert all(runs[r.folder] == r.spec for r in part.runs)
+    def plan(cells, **options):
+        return build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir, tmp_path,
+                                                        cells=cells, **options)))
+
     with pytest.raises(NeftError, match="'neft-6' is not a cell of the grid; did you mean "
                                         "'neft-6n'"):
-        build_plan(from_dict(CompareConfig, grid(tiny_model_dir, toy_data_dir, tmp_path,
-                                                 methods=methods, cells="neft-6")))
+        plan("neft-6", methods=methods)
+    with pytest.raises(NeftError, match="names no cell"):
+        plan(" , ", methods=methods)
+    # what a cell borrows must come along, or its runs would not be the grid's
+    with pytest.raises(NeftError, match="neft-12n takes its learning rate from neft-6n's sweep"):
+        plan("neft-12n", lr_sweep={"values": [1e-3, 1e-2], "per": "method"},
+             methods=[{"method": "neft", "num_neurons": 6}, {"method": "neft", "num_neurons": 12}])
+    fronts = dict(front={"steps": [1]}, include_base=True,
+                  methods=[{"method": "lora", "lora_r": 2, "learning_rates": [1e-3, 1e-2],
+                            "max_length": 32},
+                           {"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]}])
+    with pytest.raises(NeftError, match="leaves out 'neft-6n', the reference"):
+        plan("lora-r2", **fronts)
+    # a front is measured at the whole grid's length whichever cell a subset starts with
+    whole_front = plan(None, **fronts)
+    part_front = plan("neft-6n", **fronts)
+    assert part_front.front["max_length"] == whole_front.front["max_length"] == 32
+    assert part_front.runs[0].spec == whole_front.runs[0].spec  # the base
 
 
 def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) -> None:

@@ -8,7 +8,6 @@ import gzip
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -408,7 +407,10 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     records = tmp_path / "records"
     (records / "old-file").parent.mkdir()
     (records / "old-file").write_text("replaced whole")
-    assert load_benchmark("grid_records").copy_records(str(tmp_path / "out"), str(records)) == 5
+    keeper = load_benchmark("grid_records")
+    assert keeper.copy_records(str(tmp_path / "out"), str(records)) == 5
+    with pytest.raises(SystemExit, match="inside the grid"):
+        keeper.copy_records(str(tmp_path / "out"), str(tmp_path / "out/records"))
     kept = {p.name for p in records.rglob("*") if p.is_file()}
     assert kept == {"compare.json", "compare.md", "result.json", "points.json", "job.json"}
     study = load_benchmark("selection_study")
@@ -431,8 +433,14 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     assert confirmed["rows"][0]["delta"] != copied["rows"][0]["delta"]
     result = json.loads((records / "cells/neft-6n-lr0.01-s1/result.json").read_text())
     assert all("confirm_loss" in p for p in result["points"])
-    shutil.copytree(records, tmp_path / "restored")
-    assert not compare({**values, "output_dir": str(tmp_path / "restored")})["ran"]
+    restored = tmp_path / "restored"
+    partial = restored / "cells/neft-6n-lr0.01-s1"  # unfinished here, finished in the records
+    partial.mkdir(parents=True)
+    (partial / "points.json").write_text("[]")
+    assert keeper.restore_records(str(records), str(restored)) == 5
+    assert json.loads((partial / "points.json").read_text())
+    assert keeper.restore_records(str(records), str(restored)) == 0
+    assert not compare({**values, "output_dir": str(restored)})["ran"]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -361,9 +361,10 @@ def build_plan(config: CompareConfig) -> Plan:
                           label, source, own_sweep=own_sweep, learning_rates=rates,
                           seeded_rate=seeded))
 
-    cells = _only(config.cells, cells)
     swept_by_method: dict[str, Cell] = {}
     reference = _reference(config, cells, front)
+    if front is not None:  # the whole grid's, so that a subset measures as the grid does
+        front["max_length"] = cells[0].train["max_length"]
     for cell in cells:
         if cell.lr_source != "sweep":
             continue
@@ -388,6 +389,7 @@ def build_plan(config: CompareConfig) -> Plan:
         cell.sweep = Sweep(owner.name, values, steps, owner.seeds[0], per)
         cell.train.pop("learning_rate")
 
+    cells = _only(config.cells, cells, reference)
     plan_eval = {**eval_options, "split": config.test_split,
                  "max_samples": config.max_test_samples}
     test = {"data": data, **{k: plan_eval[k] for k in ("split", "max_samples")}}
@@ -411,7 +413,7 @@ def build_plan(config: CompareConfig) -> Plan:
                      "prompt": {k: common[k] for k in DATA_OPTIONS}}
         if front is not None:  # its test loss is the fronts' point at drift 0
             base_spec["front"] = {"loss_samples": front["loss_samples"],
-                                  "max_length": cells[0].train["max_length"],
+                                  "max_length": front["max_length"],
                                   "confirm_split": front["confirm_split"]}
             if front["generate"] == "none":  # a base without generation scores
                 base_spec["front"]["generate"] = "none"
@@ -513,18 +515,32 @@ def _check_front_steps(steps: list[int], train: dict[str, Any], where: str) -> N
                         f"({max_steps}); drop it or train longer")
 
 
-def _only(wanted: str | None, cells: list[Cell]) -> list[Cell]:
-    """The cells `cells:` names, in the grid's order (all when it is not set)."""
-    if not wanted:
+def _only(wanted: str | None, cells: list[Cell], reference: str | None) -> list[Cell]:
+    """The cells `cells:` names, in the grid's order (all when it is not set). Their runs
+    are the whole grid's only if what they borrow comes along: the reference, and the cell
+    whose lr sweep a per-method cell shares."""
+    if wanted is None:
         return cells
     names = [c.name for c in cells]
-    chosen = [n.strip() for n in wanted.split(",") if n.strip()]
+    chosen = [n.strip() for n in str(wanted).split(",") if n.strip()]
+    if not chosen:
+        raise NeftError("cells: names no cell; give comma-separated cell names, e.g. "
+                        f"{','.join(names[:2])}")
     for name in chosen:
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"its cells: {', '.join(names)}"
             raise NeftError(f"cells: {name!r} is not a cell of the grid; {hint}")
-    return [c for c in cells if c.name in chosen]
+    kept = [c for c in cells if c.name in chosen]
+    if reference is not None and reference not in chosen:
+        raise NeftError(f"cells: leaves out {reference!r}, the reference every verdict "
+                        "compares with; add it")
+    for cell in kept:
+        if cell.sweep is not None and cell.sweep.cell not in chosen:
+            raise NeftError(f"cells: {cell.name} takes its learning rate from "
+                            f"{cell.sweep.cell}'s sweep (lr_sweep per: method); add "
+                            f"{cell.sweep.cell}")
+    return kept
 
 
 def _reference(config: CompareConfig, cells: list[Cell], front: dict[str, Any] | None

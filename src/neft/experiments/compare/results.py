@@ -19,7 +19,9 @@ def grid_plan(folder: str, report: str = "compare.json") -> tuple[Plan, dict[str
     Relative paths in the config (data, drift sets) are read from where the grid ran."""
     folder = os.path.abspath(folder)
     written = read_json(os.path.join(folder, report))
-    config = from_dict(CompareConfig, {**written["config"], "output_dir": folder})
+    # every cell: a grid run in stages (cells:) is read whole, as far as it got
+    config = from_dict(CompareConfig, {**written["config"], "output_dir": folder,
+                                       "cells": None})
     ran_in = _ran_in(folder, str(written["config"].get("output_dir") or ""))
     here = os.getcwd()
     try:

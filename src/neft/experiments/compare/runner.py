@@ -25,7 +25,7 @@ from ...config import from_dict, load_yaml
 from ...core.io import clear_folder, folder_lock, read_json, write_json
 from ...data.records import load_records
 from ...errors import NeftError
-from .plan import CompareConfig, Plan, Run, build_plan, canonical, first_difference, selection_key
+from .plan import CompareConfig, Plan, Run, build_plan, first_difference, selection_key
 from .report import format_lr, write_report
 from .results import best_run, load_result
 from .worker import JOB_FILE, RESULT_FILE, RUN_LOG_FILE, run_job
@@ -229,7 +229,7 @@ def _job(plan: Plan, run: Run) -> dict[str, Any]:
     if plan.front is not None and run.kind != "sweep":
         job["front"] = {k: plan.front[k] for k in ("steps", "drift_data", "loss_samples",
                                                    "generate", "confirm_split")}
-        job["front"]["max_length"] = plan.cells[0].train["max_length"]
+        job["front"]["max_length"] = plan.front["max_length"]
     if run.kind == "base":
         job["model"] = plan.model
         return job
@@ -395,7 +395,8 @@ class Grid:
             return result
         folder = os.path.join(output_dir, run.folder)
         job_file = os.path.join(folder, JOB_FILE)
-        if os.path.isfile(job_file) and canonical(read_json(job_file).get("spec")) != run.spec:
+        if os.path.isfile(job_file) and first_difference(read_json(job_file).get("spec"),
+                                                         run.spec) is not None:
             shutil.rmtree(folder)  # an unfinished run of other settings: start clean
         os.makedirs(folder, exist_ok=True)
         write_json(job_file, _job(plan, run))
