@@ -113,15 +113,17 @@ def plot(studies: list[dict[str, Any]], path: str) -> None:
                     if "interval" not in row:  # too few resampled fronts reach it
                         continue
                     low, high = row["interval"]
+                    on_line = row.get("from_base") or row.get("past_front")
                     ax.errorbar(row["delta"], y + 0.2 * offset - 0.1, fmt="o", ms=4,
                                 xerr=[[row["delta"] - low], [high - row["delta"]]],
-                                color=f"C{offset}", label=name if y == 0 else None)
+                                color=f"C{offset}", mfc="none" if on_line else f"C{offset}",
+                                label=name if y == 0 else None)
             ax.axvline(0, color="grey", lw=0.8)
             ax.set_yticks(range(len(cells)), cells, fontsize=8)
             ax.invert_yaxis()
             ax.set_title(f"{study['grid']}: {measure}", fontsize=9)
-            ax.set_xlabel(f"cell - {study['reference']} (below 0: the cell is better)",
-                          fontsize=8)
+            ax.set_xlabel(f"cell - {study['reference']} (below 0: the cell is better; "
+                          "hollow: read on a line, not counted)", fontsize=8)
         row_axes[0].legend(fontsize=7, title="drift set", title_fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
