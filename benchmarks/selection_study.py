@@ -122,10 +122,12 @@ def plot(studies: list[dict[str, Any]], path: str) -> None:
             ax.set_yticks(range(len(cells)), cells, fontsize=8)
             ax.invert_yaxis()
             ax.set_title(f"{study['grid']}: {measure}", fontsize=9)
-            ax.set_xlabel(f"cell - {study['reference']} (below 0: the cell is better; "
-                          "hollow: read on a line, not counted)", fontsize=8)
+            ax.set_xlabel(f"cell - {study['reference']} (below 0: the cell is better)",
+                          fontsize=8)
         row_axes[0].legend(fontsize=7, title="drift set", title_fontsize=7)
-    fig.tight_layout()
+    fig.text(0.5, 0.005, "hollow: read on the line from the base or past the reference's "
+             "last point (a win read there is not counted)", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     save_figure(fig, path)
 
 
