@@ -28,10 +28,13 @@ stage() {  # stage GRID [CELLS]
         || echo "screens.sh: a run of $1 ${2:+(cells $2) }failed; see its log.txt" >&2
 }
 
-deciding=random-lora8,random-avoid-lora8,neft-fast-probe-avoid-lora8
+lead=random-lora8,random-avoid-lora8        # random neurons without massive units: the lead
+deciding=$lead,neft-fast-probe-avoid-lora8
 stage selection-en-de random-lora8          # the reference's front and seeds
-stage selection-en-de "$deciding"            # random and fast-probe without massive units
+stage selection-en-de "$lead"                # the lead's front and seeds
 stage selection-sum-en-en random-lora8
+stage selection-sum-en-en "$lead"
+stage selection-en-de "$deciding"            # fast-probe without massive units
 stage selection-sum-en-en "$deciding"
 stage selection-en-de "$deciding,neft-fast-probe-lora8"
 stage selection-sum-en-en "$deciding,neft-fast-probe-lora8"
