@@ -52,14 +52,15 @@ class FrontMeasure:
 
     def losses(self, model: Any) -> dict[str, Any]:
         """The test split's loss, per-record sums, and the confirm split's likewise."""
-        loss = self.test_loss(model)
-        point: dict[str, Any] = {"test_loss": loss["loss"],
-                                 "test": {"nll": loss["nll"], "tokens": loss["token_counts"]}}
+
+        def entry(loss: dict[str, Any]) -> dict[str, Any]:
+            return {"test_loss": loss["loss"],
+                    "test": {"nll": loss["nll"], "tokens": loss["token_counts"]}}
+
+        point = entry(self.test_loss(model))
         if self.confirm is not None:
             split, records = self.confirm
-            other = self.test_loss(model, records)
-            point["confirm"] = {"split": split, "test_loss": other["loss"],
-                                "test": {"nll": other["nll"], "tokens": other["token_counts"]}}
+            point["confirm"] = {"split": split, **entry(self.test_loss(model, records))}
         return point
 
     def base_point(self) -> dict[str, Any]:
