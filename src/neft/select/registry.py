@@ -29,8 +29,10 @@ from .weights import WeightSource
 
 Scores = tuple[list[torch.Tensor], dict[str, Any]]
 # The scorer of `neft select`, `neft train`, `neft demo` and select_neurons when none is
-# named: one default everywhere (issue 19 decides which, from the dev screen).
-DEFAULT_SCORER = "fast-probe"
+# named: one default everywhere. Random neurons: no scorer has beaten them on a front verdict
+# (benchmarks/results/README.md), so the cheapest one is the default; the paper's rule is one
+# flag away (`probe`, or `cosine` against a checkpoint).
+DEFAULT_SCORER = "random"
 DATA_WITHOUT_REFERENCE = "without reference"
 
 
