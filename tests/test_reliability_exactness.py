@@ -194,3 +194,30 @@ def test_tied_lm_head_never_writes_into_the_shared_embedding(axes, tmp_path) -> 
     loaded = NeftModel.from_pretrained(make_model("gpt2", dtype=torch.float32),
                                        tmp_path / "adapter")
     torch.testing.assert_close(logits(loaded), first)
+
+
+def test_a_new_base_written_in_place_is_taken_as_the_base_not_overwritten(caplog) -> None:
+    """The base weight holds W0 + D between passes. A copy_ of new base weights into it is
+    the new W0: the next pass adds the deltas to it, and unload gives it back, with no
+    stale slice of the old base (a rewrite of the same values changes nothing)."""
+    neft = trained()
+    logits(neft)  # the base weights now hold W0 + D
+    layer = neft.base_model.get_submodule("model.layers.1.mlp.gate_proj")
+    new_base = torch.randn_like(layer.base_layer.weight)
+    same = trained()
+    logits(same)
+    with torch.no_grad():
+        layer.base_layer.weight.copy_(new_base)
+        twin = same.base_model.get_submodule("model.layers.1.mlp.gate_proj").base_layer.weight
+        twin.copy_(twin.clone())  # the same values written again: nothing to adopt
+    expected = trained()
+    expected_layer = expected.base_model.get_submodule("model.layers.1.mlp.gate_proj")
+    with torch.no_grad():
+        expected_layer.base_layer.weight.copy_(new_base)  # before any pass: plain W0
+    torch.testing.assert_close(logits(neft), logits(expected), rtol=0, atol=0)
+    caplog.clear()
+    torch.testing.assert_close(logits(same), logits(trained()), rtol=0, atol=0)
+    assert not caplog.records  # the same values again: no new base
+    unloaded = neft.unload()
+    torch.testing.assert_close(
+        unloaded.get_submodule("model.layers.1.mlp.gate_proj").weight, new_base, rtol=0, atol=0)
