@@ -28,11 +28,11 @@ stage() {  # stage GRID [CELLS]
         || echo "screens.sh: a run of $1 ${2:+(cells $2) }failed; see its log.txt" >&2
 }
 
+# A stage runs each cell's first seed at its middle rate first, then the other rates, then
+# the other seeds: the reference's standard point, then the lead's, then their fronts.
 lead=random-lora8,random-avoid-lora8        # random neurons without massive units: the lead
 deciding=$lead,neft-fast-probe-avoid-lora8
-stage selection-en-de random-lora8          # the reference's front and seeds
-stage selection-en-de "$lead"                # the lead's front and seeds
-stage selection-sum-en-en random-lora8
+stage selection-en-de "$lead"                # the reference's and the lead's fronts and seeds
 stage selection-sum-en-en "$lead"
 stage selection-en-de "$deciding"            # fast-probe without massive units
 stage selection-sum-en-en "$deciding"
