@@ -172,8 +172,6 @@ CASES = [
     ("budget of zero neurons", T(budget=("--num_neurons", "0")),
      r"num_neurons must be at least 1, not 0"),
     ("negative budget", [*SELECT, "--neurons", "-3"], r"budget neurons=-3 must be positive"),
-    ("avoid without data", [*SELECT, "--neurons", "3", "--avoid", "massive"],
-     r"avoid='massive' measures activations on the task data: pass data= \(CLI --data"),
     ("unknown avoid rule", T("--select_avoid", "big"), r"avoid 'big' is not known; use massive"),
     ("budget above the pool", [*SELECT, "--neurons", "10000"],
      r"budget of 10,000 neurons .* exceeds the candidate pool of 96 neurons"),

@@ -71,8 +71,6 @@ def test_snip_is_weight_times_mean_gradient():
 
 
 def test_drift_aware_is_task_gain_over_the_fisher_of_the_models_own_text():
-    from types import SimpleNamespace
-
     from neft.select.datadriven import base_samples
 
     model = make_model("llama")
@@ -80,10 +78,9 @@ def test_drift_aware_is_task_gain_over_the_fisher_of_the_models_own_text():
                            progress=False,
                            scorer_options={"general_steps": 2, "general_length": 6})
     assert all(p.grad is None for p in model.parameters())
-    general = base_samples(SimpleNamespace(model=model, seed=1234, pad_token_id=0), 8, 6)
+    general = base_samples(model, 8, 6, 1234, 0)
     assert len(general) == 8 and all(len(e["input_ids"]) == 6 for e in general)
-    assert general == base_samples(SimpleNamespace(model=model, seed=1234, pad_token_id=0),
-                                   8, 6)  # seeded
+    assert general == base_samples(model, 8, 6, 1234, 0)  # seeded
     layers = dict(model.named_modules())
     weights = {g.module: layers[g.module].weight for g in scores.groups}
 
@@ -196,7 +193,8 @@ def test_below_a_band_backward_stops_and_bench_draws_inside_it():
 def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     """A unit whose up_proj row is scaled 1000x dwarfs its layer's activations: with
     avoid=massive no selection trains it (its up row nor its down column), whatever the
-    scorer ranks first; through neft train's option too."""
+    scorer ranks first, measured on task data or on the model's own samples; through neft
+    train's option too."""
     from neft.train import TrainConfig
     from neft.train.methods import select_for_training
 
@@ -220,7 +218,10 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     for bad in ("huge", "massive:1", "massive:x"):
         with pytest.raises(NeftError, match="avoid"):
             select_neurons(model, "random", neurons=4, data=examples(), avoid=bad)
-    with pytest.raises(NeftError, match="measures activations on the task data"):
-        select_neurons(model, "random", neurons=4, avoid="massive")
+    assert chosen.metadata["avoid_measured_on"] == "the task data"
+    # without data the model's own samples show the unit just as well
+    dataless = select_neurons(model, "random", neurons=pool - 2, avoid="massive", progress=False)
+    assert dataless.metadata["avoided"] == {down + "::cols": [5], up + "::rows": [5]}
+    assert dataless.metadata["avoid_measured_on"] == "the model's own samples"
     with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
         TrainConfig(method="lora", select_avoid="massive", train_file=toy_data_dir)

@@ -421,8 +421,8 @@ def score_drift_aware(inp: ScoreInput) -> Scores:
     for key, least in (("general_steps", 1), ("general_length", 2)):  # 2: a token to predict
         if int(settings[key]) != settings[key] or settings[key] < least:
             raise NeftError(f"{key}={settings[key]} must be a whole number of at least {least}")
-    general = base_samples(inp, int(settings["general_steps"]) * int(settings["batch_size"]),
-                           int(settings["general_length"]))
+    general = base_samples(inp.model, int(settings["general_steps"]) * int(settings["batch_size"]),
+                           int(settings["general_length"]), inp.seed, inp.pad_token_id)
     task, _, steps = _gradient_sums(inp, settings, "drift-aware: task")
     _, squares, general_steps = _gradient_sums(
         dataclasses.replace(inp, examples=general), {**settings, "steps":
@@ -436,23 +436,23 @@ def score_drift_aware(inp: ScoreInput) -> Scores:
     return [g / (c + floor) for g, c in zip(gain, curvature, strict=True)], settings
 
 
-def base_samples(inp: ScoreInput, count: int, length: int) -> list[dict[str, list[int]]]:
+def base_samples(model: nn.Module, count: int, length: int, seed: int, pad_token_id: int
+                 ) -> list[dict[str, list[int]]]:
     """count texts of length tokens sampled from the model (seeded, the caller's RNG left
     alone), each its own labels: general text in the model's own distribution."""
-    model = inp.model
     device = next(model.parameters()).device
     start = model.config.bos_token_id
-    start = inp.pad_token_id if start is None else start
+    start = pad_token_id if start is None else start
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(), torch.no_grad():
-            torch.manual_seed(inp.seed)
+            torch.manual_seed(seed)
             prompt = torch.full((count, 1), start, dtype=torch.long, device=device)
             ids = model.generate(prompt, attention_mask=torch.ones_like(prompt),
                                  do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                                  max_new_tokens=length - 1, min_new_tokens=length - 1,
-                                 pad_token_id=inp.pad_token_id)
+                                 pad_token_id=pad_token_id)
     finally:
         model.train(was_training)
     return [{"input_ids": row, "labels": row} for row in ids.tolist()]

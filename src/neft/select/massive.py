@@ -18,6 +18,7 @@ from ..errors import NeftError
 
 DEFAULT_RATIO = 40.0  # a round threshold, not tuned (SmolLM2-135M: 24 units at 41-463x)
 BATCHES, BATCH_SIZE = 8, 4
+SAMPLES = (32, 64)  # without task data: the model's own texts, count x tokens
 
 
 def parse_avoid(avoid: str) -> float:
@@ -70,9 +71,10 @@ def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
             stream = batches(examples, BATCH_SIZE, seed, pad_id, device)
             for _ in range(min(BATCHES, max(1, len(examples) // BATCH_SIZE))):
                 batch = next(stream)
-                mask[:] = [batch["attention_mask"].bool().cpu()]
+                attention = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+                mask[:] = [attention.bool().cpu()]
                 tokens += int(mask[0].sum())
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                model(input_ids=batch["input_ids"], attention_mask=attention)
     finally:
         for handle in hooks:
             handle.remove()

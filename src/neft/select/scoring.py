@@ -41,8 +41,8 @@ from .budget import (
     parse_layers,
     resolve_budget,
 )
-from .datadriven import prepare_examples
-from .massive import massive_units, parse_avoid
+from .datadriven import base_samples, prepare_examples
+from .massive import SAMPLES, massive_units, parse_avoid
 from .registry import DEFAULT_SCORER, ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
 
@@ -120,8 +120,9 @@ def select_neurons(
     ``quota``: None ranks all layers together (the paper); ``layer``, ``kind`` or
     ``module`` (layer x kind) rank within each and split the budget by pool size.
     ``layers``: select only in these blocks ('A-B', '3,5,7', 'upper:N', 'lower:N').
-    ``avoid``: 'massive' (or 'massive:R') never chooses the units whose activation on the
-    task data is R x their layer's median (select.massive); needs ``data``.
+    ``avoid``: 'massive' (or 'massive:R') never chooses the units whose mean activation is
+    R x their layer's median (select.massive), measured on ``data``, or without data on
+    the model's own samples.
     ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
     is checked before scoring, so a bad one fails fast.
     """
@@ -152,23 +153,28 @@ def select_neurons(
         scores = score_neurons(model, scorer, on_ready=check_budget, **options)
         return scores.select(budgets[0], quota, layers)
     ratio = parse_avoid(avoid)
-    if options.get("data") is None:
-        raise NeftError(f"avoid={avoid!r} measures activations on the task data: pass data= "
-                        "(CLI --data PATH)")
     model, _, tokenizer = open_model(model, options.pop("tokenizer", None), True)
-    examples = prepare_examples(options["data"], tokenizer, options.get("task", "translation"),
-                                options.get("max_length", 128), options.get("limit"))
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    seed = options.get("seed", 1234)
+    if options.get("data") is None:  # massive units are the model's, whatever the text
+        examples = base_samples(model, *SAMPLES, seed, pad_id)
+        measured_on = "the model's own samples"
+    else:
+        examples = prepare_examples(options["data"], tokenizer,
+                                    options.get("task", "translation"),
+                                    options.get("max_length", 128), options.get("limit"))
+        measured_on = "the task data"
     if not get_scorer(scorer).wants_data(has_reference=options.get("reference") is not None):
-        options.pop("data")
+        options.pop("data", None)
     # measured before scoring: the probes train the model (and put it back) while scoring
     groups = find_neuron_groups(model, options.get("target_modules"),
                                 options.get("include_gate", False))
-    avoided = massive_units(model, groups, examples, getattr(tokenizer, "pad_token_id", None)
-                            or 0, ratio, options.get("seed", 1234))
+    avoided = massive_units(model, groups, examples, pad_id, ratio, seed)
     scores = score_neurons(model, scorer, on_ready=check_budget, tokenizer=tokenizer,
                            **options)
     chosen = scores.select(budgets[0], quota, layers, avoided)
     chosen.metadata["avoid"] = f"massive:{ratio:g}"
+    chosen.metadata["avoid_measured_on"] = measured_on
     return chosen
 
 

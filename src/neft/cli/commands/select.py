@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(the budget unchanged)")
     parser.add_argument("--avoid", default=None,
                         help="leave out massive (or massive:R): the units whose activation on "
-                             "--data is R x their layer's median (R 40)")
+                             "--data (without it: the model's own samples) is R x their "
+                             "layer's median (R 40)")
     parser.add_argument("--reference", help="fine-tuned checkpoint (folder or .safetensors) for "
                                             "cosine/reversed")
     parser.add_argument("--data", help="task data for probe/fast-probe/gradient (file or folder "
