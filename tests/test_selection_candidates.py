@@ -11,7 +11,7 @@ from test_select import examples
 
 from neft import NeftError
 from neft.core.neurons import find_neuron_groups
-from neft.select import score_neurons, select_neurons
+from neft.select import format_summary, score_neurons, select_neurons
 from neft.select.datadriven import batches
 from neft.select.weights import by_module, logical_matrices, neuron_vectors
 
@@ -223,5 +223,7 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     dataless = select_neurons(model, "random", neurons=pool - 2, avoid="massive", progress=False)
     assert dataless.metadata["avoided"] == {down + "::cols": [5], up + "::rows": [5]}
     assert dataless.metadata["avoid_measured_on"] == "the model's own samples"
+    assert ("left out (massive:40, on the model's own samples): 1 unit; layer 1: 5"
+            in format_summary(dataless))
     with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
         TrainConfig(method="lora", select_avoid="massive", train_file=toy_data_dir)

@@ -33,6 +33,10 @@ def format_summary(neurons: NeuronSet) -> str:
     pool = meta.get("candidate_pool")
     lines.append(f"selected: {size}" + (f" (pool {pool:,})" if isinstance(pool, int) else ""))
     lines.append("per kind: " + ", ".join(f"{k} {v:,}" for k, v in neurons.summary().items()))
+    avoided = meta.get("avoided")
+    if isinstance(avoided, dict):
+        lines.append(_avoided_line(meta.get("avoid", "?"), meta.get("avoid_measured_on"),
+                                   avoided))
     counts = layer_counts(neurons)
     if counts:
         lines.append("per layer:")
@@ -46,3 +50,17 @@ def format_summary(neurons: NeuronSet) -> str:
     if any(cost):
         lines.append("cost: " + ", ".join(c for c in cost if c))
     return "\n".join(lines)
+
+
+def _avoided_line(rule: str, measured_on: str | None, avoided: dict) -> str:
+    """'left out (massive:40, on the task data): 6 units; layer 11: 1229 1487; ...': each
+    unit once, though its up_proj row and down_proj column are both left out."""
+    units: dict[int, set[int]] = {}
+    for key, positions in avoided.items():
+        units.setdefault(layer_index(str(key).split("::")[0]), set()).update(positions)
+    where = f", on {measured_on}" if measured_on else ""
+    listed = "; ".join(f"layer {layer}: {' '.join(map(str, sorted(found)))}"
+                       for layer, found in sorted(units.items()))
+    total = sum(len(found) for found in units.values())
+    noun = "unit" if total == 1 else "units"
+    return f"left out ({rule}{where}): {total} {noun}" + (f"; {listed}" if listed else "")
