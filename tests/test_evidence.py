@@ -401,6 +401,7 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, test_split="dev", seeds=[1],
                         reference="random-6n")
     values["front"].update(generate="none", confirm_split="test")
+    values["train"]["scorer"] = "magnitude"  # not random's neurons (the default scorer)
     values["methods"] = [{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]},
                          {"method": "random", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]}]
     assert not compare(values)["failed"]
