@@ -299,7 +299,8 @@ def front_grid(tiny_model_dir, toy_data_dir, tmp_path, **options) -> dict:
         max_dev_samples=4, max_test_samples=4, seeds=[1, 2, 3], isolate=False,
         include_base=True,
         train=dict(max_steps=4, eval_steps=2, logging_steps=1, per_device_train_batch_size=4,
-                   per_device_eval_batch_size=4, max_length=64),
+                   per_device_eval_batch_size=4, max_length=64,
+                   scorer="magnitude"),  # NeFT's cells: not the default, random's neurons
         eval=dict(max_new_tokens=4, batch_size=4),
         front=dict(steps=[2, 4], drift_data=str(drift_file)),
         methods=[{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2, 1e-1]},
@@ -401,7 +402,6 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, test_split="dev", seeds=[1],
                         reference="random-6n")
     values["front"].update(generate="none", confirm_split="test")
-    values["train"]["scorer"] = "magnitude"  # not random's neurons (the default scorer)
     values["methods"] = [{"method": "neft", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]},
                          {"method": "random", "num_neurons": 6, "learning_rates": [1e-2, 3e-2]}]
     assert not compare(values)["failed"]

@@ -28,7 +28,6 @@ gradient is multiplied by a 0/1 mask. It is a reference, not a way to save memor
 
 from __future__ import annotations
 
-import logging
 import math
 import weakref
 from typing import Any
@@ -40,8 +39,6 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import NeftError
 from .neurons import is_conv1d, linear_shape
-
-logger = logging.getLogger(__name__)
 
 
 def _logical_weight(layer: nn.Module) -> torch.Tensor:
@@ -197,9 +194,6 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         # deltas' stamp when they were written.
         self._original: tuple[torch.Tensor, torch.Tensor] | None = None
         self._stamp: tuple[int, ...] | None = None
-        # The weight's version counter after this layer last wrote it: anything else that
-        # writes into it in place (a copy_ of new base weights) is seen by it changing.
-        self._written_version: int | None = None
         self._verify_next = False
         # state_dict and load_state_dict see the original base weight, as without the fast
         # path (the next forward writes W0 + D again). Module-level functions: picklable.
@@ -208,8 +202,6 @@ class NeuronDeltaLayer(_NeuronLayerBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
-            if self._original is not None:
-                self._adopt_foreign_write(_logical_weight(self.base_layer))
             if self._original is not None:
                 return self._forward_original(x, *self._original)
             return self.base_layer(x)
@@ -289,7 +281,6 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         ``verify`` (grad-enabled passes) also when they differ from W0 + D, which catches
         updates through ``.data`` that nothing else sees. Never written when unchanged."""
         weight = _logical_weight(self.base_layer)
-        self._adopt_foreign_write(weight)
         changed = self._original is None or self._stamp != self._delta_stamp()
         if not (changed or verify):
             return
@@ -298,12 +289,12 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             self._original = (weight.index_select(0, rows), weight.index_select(1, cols))
         new_rows, new_cols = self._synced_slices(weight)
         if not changed:
-            changed = not self._holds(weight, new_rows, new_cols)
+            changed = not (torch.equal(weight.index_select(0, rows), new_rows)
+                           and torch.equal(weight.index_select(1, cols), new_cols))
         if changed:  # index_copy_: several times faster than index_put_ (weight[:, C] = ..)
             weight.index_copy_(0, rows, new_rows)
             weight.index_copy_(1, cols, new_cols)
         self._stamp = self._delta_stamp()
-        self._written_version = weight._version
         self._verify_next = False
 
     def _synced_slices(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,39 +308,12 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             new_rows[:, self.neft_cols] = new_cols[self.neft_rows]
         return new_rows.to(weight.dtype), new_cols.to(weight.dtype)
 
-    def _holds(self, weight: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> bool:
-        return (torch.equal(weight.index_select(0, self.neft_rows), rows)
-                and torch.equal(weight.index_select(1, self.neft_cols), cols))
-
-    @torch.no_grad()
-    def _adopt_foreign_write(self, weight: torch.Tensor) -> None:
-        """Something else wrote into the weight in place while it held W0 + D (a copy_ of
-        new base weights): what it holds now is taken as the new base W0, as if it had been
-        written before the deltas were added in, so that no stale slice of the old base is
-        put back; a write that left W0 + D as it was changes nothing. Writes through
-        ``.data`` bump no version counter and are not seen."""
-        if self._original is None or weight._version == self._written_version:
-            return
-        moved = any(t.device != weight.device or t.dtype != weight.dtype
-                    for t in self._original)  # model.to(): a cast of W0 + D, not a new base
-        if moved or self._holds(weight, *self._synced_slices(weight)):
-            self._written_version = weight._version
-            return
-        logger.warning("a base weight was written in place while it held the deltas added in: "
-                       "taking what it holds as the new base weight (write base weights after "
-                       "model.unmerge_adapter(), or through load_state_dict)")
-        self._original = (weight.index_select(0, self.neft_rows),
-                          weight.index_select(1, self.neft_cols))
-        self._stamp = None  # rewritten as the new W0 + D by the next pass
-        self._written_version = weight._version
-
     @torch.no_grad()
     def _unsync(self) -> None:
         """Put the original slices back, bit for bit."""
         if self._original is None:
             return
         weight = _logical_weight(self.base_layer)
-        self._adopt_foreign_write(weight)
         original_rows, original_cols = self._original_like(weight)
         weight.index_copy_(1, self.neft_cols, original_cols)
         weight.index_copy_(0, self.neft_rows, original_rows)

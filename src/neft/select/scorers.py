@@ -70,5 +70,5 @@ def score_magnitude(inp: ScoreInput) -> Scores:
 
 register_scorer("cosine", score_cosine,
                 help="vs --reference, a fine-tuned checkpoint (the paper)")
-register_scorer("random", score_random, help="uniform random (seeded): the control")
+register_scorer("random", score_random, help="uniform random (seeded): the default and the control")
 register_scorer("magnitude", score_magnitude, help="lowest L2 norm")
