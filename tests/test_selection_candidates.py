@@ -190,6 +190,19 @@ def test_below_a_band_backward_stops_and_bench_draws_inside_it():
                          layers="upper:1"))
 
 
+def test_avoid_massive_checks_the_budget_before_its_pass(monkeypatch):
+    """A bad budget fails before the model is sampled and measured, not after."""
+    import neft.select.scoring as scoring
+
+    def never(*_: object) -> None:
+        raise AssertionError("sampled before the budget was checked")
+
+    monkeypatch.setattr(scoring, "base_samples", never)
+    with pytest.raises(NeftError, match="exceeds the candidate pool"):
+        select_neurons(make_model("llama"), "random", neurons=10**6, avoid="massive",
+                       progress=False)
+
+
 def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     """A unit whose up_proj row is scaled 1000x dwarfs its layer's activations: with
     avoid=massive no selection trains it (its up row nor its down column), whatever the

@@ -156,21 +156,24 @@ def select_neurons(
     model, _, tokenizer = open_model(model, options.pop("tokenizer", None), True)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     seed = options.get("seed", 1234)
-    if options.get("data") is None:  # massive units are the model's, whatever the text
-        examples = base_samples(model, *SAMPLES, seed, pad_id)
-        measured_on = "the model's own samples"
-    else:
-        examples = prepare_examples(options["data"], tokenizer,
-                                    options.get("task", "translation"),
-                                    options.get("max_length", 128), options.get("limit"))
-        measured_on = "the task data"
+    data = options.get("data")
+    measured_on = "the model's own samples" if data is None else "the task data"
     if not get_scorer(scorer).wants_data(has_reference=options.get("reference") is not None):
         options.pop("data", None)
-    # measured before scoring: the probes train the model (and put it back) while scoring
-    groups = find_neuron_groups(model, options.get("target_modules"),
-                                options.get("include_gate", False))
-    avoided = massive_units(model, groups, examples, pad_id, ratio, seed)
-    scores = score_neurons(model, scorer, on_ready=check_budget, tokenizer=tokenizer,
+    avoided: dict[int, torch.Tensor] = {}
+
+    def measure_massive(scores: NeuronScores) -> None:
+        """After the budget check (a bad budget fails before this pass), before scoring
+        (the probes train the model, and put it back, while scoring)."""
+        check_budget(scores)
+        if data is None:  # massive units are the model's, whatever the text
+            examples = base_samples(model, *SAMPLES, seed, pad_id)
+        else:
+            examples = prepare_examples(data, tokenizer, options.get("task", "translation"),
+                                        options.get("max_length", 128), options.get("limit"))
+        avoided.update(massive_units(model, scores.groups, examples, pad_id, ratio, seed))
+
+    scores = score_neurons(model, scorer, on_ready=measure_massive, tokenizer=tokenizer,
                            **options)
     chosen = scores.select(budgets[0], quota, layers, avoided)
     chosen.metadata["avoid"] = f"massive:{ratio:g}"
