@@ -196,7 +196,6 @@ def test_tied_lm_head_never_writes_into_the_shared_embedding(axes, tmp_path) -> 
     torch.testing.assert_close(logits(loaded), first)
 
 
-
 def test_a_verified_pass_rewrites_nothing_when_the_weight_already_holds_w0_plus_d() -> None:
     """Grad-enabled passes check that the base weight holds W0 + D and write only when it
     does not; a module with a selected row and selected columns (their shared entries get

@@ -287,7 +287,14 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         rows, cols = self.neft_rows, self.neft_cols
         if self._original is None:
             self._original = (weight.index_select(0, rows), weight.index_select(1, cols))
-        new_rows, new_cols = self._synced_slices(weight)
+        original_rows, original_cols = self._original_like(weight)
+        # Added in the wider dtype, rounded once to the weight's.
+        new_rows = original_rows + self.neft_delta_rows
+        new_cols = original_cols + self.neft_delta_cols
+        if rows.numel() and cols.numel():  # entries in a selected row and column get both,
+            new_cols[rows] += self.neft_delta_rows[:, cols]  # in both slices, so that a
+            new_rows[:, cols] = new_cols[rows]  # verified pass finds them equal
+        new_rows, new_cols = new_rows.to(weight.dtype), new_cols.to(weight.dtype)
         if not changed:
             changed = not (torch.equal(weight.index_select(0, rows), new_rows)
                            and torch.equal(weight.index_select(1, cols), new_cols))
@@ -296,17 +303,6 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             weight.index_copy_(1, cols, new_cols)
         self._stamp = self._delta_stamp()
         self._verify_next = False
-
-    def _synced_slices(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selected slices as W0 + D: added in the wider dtype, rounded once to the
-        weight's."""
-        original_rows, original_cols = self._original_like(weight)
-        new_rows = original_rows + self.neft_delta_rows
-        new_cols = original_cols + self.neft_delta_cols
-        if self.neft_rows.numel() and self.neft_cols.numel():  # in a selected row and column
-            new_cols[self.neft_rows] += self.neft_delta_rows[:, self.neft_cols]
-            new_rows[:, self.neft_cols] = new_cols[self.neft_rows]
-        return new_rows.to(weight.dtype), new_cols.to(weight.dtype)
 
     @torch.no_grad()
     def _unsync(self) -> None:
