@@ -201,6 +201,35 @@ def test_a_new_scorer_changes_only_neft_runs(finished_grid, tmp_path) -> None:
     assert len(outcome["states"]["done"]) == 4
 
 
+def test_leaving_units_out_changes_only_the_runs_that_select(finished_grid, tmp_path) -> None:
+    """select_avoid shapes NeFT's neurons, never LoRA's runs; 'none' is the value a grid
+    recorded before the option existed, so pinning it recomputes nothing."""
+    root, values = copy_of(finished_grid, tmp_path)
+    pinned = {**values, "train": {**values["train"], "select_avoid": "none"}}
+    assert len(compare({**pinned, "dry_run": True})["states"]["done"]) == 8
+    changed = {**values, "train": {**values["train"], "select_avoid": "massive"}}
+    outcome = compare({**changed, "dry_run": True})
+    assert sorted(outcome["states"]["changed"]) == sorted(
+        ["cells/neft-6n-s1", "cells/neft-6n-s2", "sweep/neft-6n-lr0.001", "sweep/neft-6n-lr0.01"])
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob(
+    "benchmarks/compare/*.yaml")), ids=lambda p: p.stem)
+def test_committed_grids_pin_what_a_default_could_change(path: Path) -> None:
+    """Every cell that selects neurons names its scorer and what it leaves out, itself or
+    in the shared train: block, so that a new default never turns a recorded cell into
+    another method (its old records would be recomputed, or worse, misread)."""
+    config = yaml.safe_load(path.read_text())
+    shared = config.get("train", {})
+    for cell in config["methods"]:
+        if cell["method"] not in ("neft", "random") or cell.get("neurons"):
+            continue
+        settings = {**shared, **cell}
+        assert "select_avoid" in settings, (path.name, cell)
+        if cell["method"] == "neft":
+            assert "scorer" in settings, (path.name, cell)
+
+
 def test_a_cell_can_have_its_own_sweep(tiny_model_dir, toy_data_dir, tmp_path) -> None:
     """per: method shares the first cell's lr; own_sweep: true sweeps a cell by itself, or
     own_sweep: [values] with its own values (a LoRA rank whose best lr differs)."""

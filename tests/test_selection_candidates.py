@@ -240,3 +240,11 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
             in format_summary(dataless))
     with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
         TrainConfig(method="lora", select_avoid="massive", train_file=toy_data_dir)
+    # none leaves nothing out, in the API and in neft train's option
+    plain = select_neurons(model, "random", neurons=pool - 2, progress=False)
+    nothing = select_neurons(model, "random", neurons=pool - 2, avoid="none", progress=False)
+    assert nothing.to_mapping() == plain.to_mapping() and "avoided" not in nothing.metadata
+    assert TrainConfig(method="random", select_avoid="none",
+                       train_file=toy_data_dir).select_avoid is None
+    assert TrainConfig(method="lora", select_avoid="none",
+                       train_file=toy_data_dir).select_avoid is None

@@ -19,15 +19,20 @@ from ..errors import NeftError
 DEFAULT_RATIO = 40.0  # a round threshold, not tuned (SmolLM2-135M: 24 units at 41-463x)
 BATCHES, BATCH_SIZE = 8, 4
 SAMPLES = (32, 64)  # without task data: the model's own texts, count x tokens
+# What select_neurons, `neft select` and `neft train` leave out unless told: one place.
+DEFAULT_AVOID: str | None = None
 
 
-def parse_avoid(avoid: str) -> float:
-    """'massive' or 'massive:R' -> R, the multiple of the layer's median that counts."""
+def parse_avoid(avoid: str | None) -> float | None:
+    """'massive' or 'massive:R' -> R, the multiple of the layer's median that counts;
+    None or 'none' -> None (nothing left out)."""
+    if avoid is None or avoid == "none":
+        return None
     name, _, ratio = avoid.partition(":")
     if name != "massive":
         raise NeftError(f"avoid {avoid!r} is not known; use massive or massive:R (units "
                         f"whose mean |activation| is R x their layer's median, default "
-                        f"{DEFAULT_RATIO:g})")
+                        f"{DEFAULT_RATIO:g}), or none")
     try:
         value = float(ratio) if ratio else DEFAULT_RATIO
     except ValueError:

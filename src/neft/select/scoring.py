@@ -42,7 +42,7 @@ from .budget import (
     resolve_budget,
 )
 from .datadriven import base_samples, prepare_examples
-from .massive import SAMPLES, massive_units, parse_avoid
+from .massive import DEFAULT_AVOID, SAMPLES, massive_units, parse_avoid
 from .registry import DEFAULT_SCORER, ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
 
@@ -109,7 +109,7 @@ def select_neurons(
     lora_target_modules: Sequence[str] | None = None,
     quota: str | None = None,
     layers: str | None = None,
-    avoid: str | None = None,
+    avoid: str | None = DEFAULT_AVOID,
     **options: Any,
 ) -> NeuronSet:
     """Score the model's candidate neurons and keep the budget's best as a NeuronSet.
@@ -122,7 +122,7 @@ def select_neurons(
     ``layers``: select only in these blocks ('A-B', '3,5,7', 'upper:N', 'lower:N').
     ``avoid``: 'massive' (or 'massive:R') never chooses the units whose mean activation is
     R x their layer's median (select.massive), measured on ``data``, or without data on
-    the model's own samples.
+    the model's own samples; None or 'none' leaves nothing out.
     ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
     is checked before scoring, so a bad one fails fast.
     """
@@ -149,10 +149,10 @@ def select_neurons(
             logger.info("neft select: %s, budget %s, pool %s neurons", scorer,
                         budgets[0].describe(), f"{scores.metadata['candidate_pool']:,}")
 
-    if avoid is None:
+    ratio = parse_avoid(avoid)
+    if ratio is None:
         scores = score_neurons(model, scorer, on_ready=check_budget, **options)
         return scores.select(budgets[0], quota, layers)
-    ratio = parse_avoid(avoid)
     model, _, tokenizer = open_model(model, options.pop("tokenizer", None), True)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     seed = options.get("seed", 1234)

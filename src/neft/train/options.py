@@ -13,7 +13,7 @@ from ..data.options import DataOptions
 from ..errors import NeftError
 from ..select import SCORERS
 from ..select.budget import QUOTAS
-from ..select.massive import parse_avoid
+from ..select.massive import DEFAULT_AVOID, parse_avoid
 from ..select.registry import DEFAULT_SCORER, check_scorer_options
 from .methods import METHODS
 
@@ -49,7 +49,7 @@ class TrainConfig(DataOptions):
                                       "split by pool size (default: one global ranking)")
     select_avoid: str | None = option("leave out of the selection: massive (or massive:R), the "
                                       "units whose activation is R x their layer's median "
-                                      "(R 40)")
+                                      "(R 40), or none", DEFAULT_AVOID)
     match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")
@@ -171,11 +171,11 @@ class TrainConfig(DataOptions):
         if self.neurons and self.method != "neft":
             raise NeftError(f"neurons is used by method neft only, and method is "
                             f"{self.method}: drop --neurons or pass --method neft")
-        if self.select_avoid is not None:
-            parse_avoid(self.select_avoid)
+        if parse_avoid(self.select_avoid) is None:
+            self.select_avoid = None  # 'none' and None mean the same: one value in specs
         for name in SELECTION_SHAPES:
-            if getattr(self, name) is None:
-                continue
+            if getattr(self, name) in (None, _DEFAULTS[name]):
+                continue  # a default shapes whatever is selected, and nothing otherwise
             if not METHODS[self.method].selects_neurons:
                 raise NeftError(f"{name} shapes a neuron selection, and method {self.method} "
                                 f"selects none: drop --{name}")
@@ -204,14 +204,15 @@ class TrainConfig(DataOptions):
         ignored: dict[str, str] = {}
         budget = ("match_lora", "num_neurons", "percent")
         if not method.selects_neurons:
-            ignored.update(dict.fromkeys(("scorer", "scorer_options", "neft_mode"),
+            ignored.update(dict.fromkeys(("scorer", "scorer_options", "neft_mode",
+                                          "select_avoid"),
                                          f"method {self.method} selects no neurons"))
             if method.budget != "parameters":  # PEFT's peers are sized by the budget
                 size = " (its size is --lora_r)" if self.method == "lora" else ""
                 ignored.update(dict.fromkeys(
                     budget, f"method {self.method} has no neuron budget{size}"))
         elif self.neurons:
-            ignored.update(dict.fromkeys(("scorer", "scorer_options", *budget),
+            ignored.update(dict.fromkeys(("scorer", "scorer_options", "select_avoid", *budget),
                                          "--neurons gives the set, made earlier"))
         elif method.scorer is not None and self.scorer != method.scorer:
             ignored.update(dict.fromkeys(("scorer", "scorer_options"),

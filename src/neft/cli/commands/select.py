@@ -23,6 +23,7 @@ from ...select import (
     transfer_set,
     union_sets,
 )
+from ...select.massive import DEFAULT_AVOID
 from ...select.registry import DEFAULT_SCORER
 
 
@@ -70,10 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", default=None,
                         help="select only in these blocks: A-B, 3,5,7, upper:N or lower:N "
                              "(the budget unchanged)")
-    parser.add_argument("--avoid", default=None,
+    parser.add_argument("--avoid", default=DEFAULT_AVOID,
                         help="leave out massive (or massive:R): the units whose activation on "
                              "--data (without it: the model's own samples) is R x their "
-                             "layer's median (R 40)")
+                             f"layer's median (R 40); none leaves nothing out (default: "
+                             f"{DEFAULT_AVOID or 'none'})")
     parser.add_argument("--reference", help="fine-tuned checkpoint (folder or .safetensors) for "
                                             "cosine/reversed")
     parser.add_argument("--data", help="task data for probe/fast-probe/gradient (file or folder "

@@ -266,9 +266,12 @@ def _cell_name(method: str, cell: dict[str, Any], budget_slug: str) -> str:
 
 def _spec_train(train: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's result; the scorer only decides NeFT's (random
-    neurons are random whatever it is), so changing it recomputes only NeFT's runs."""
+    neurons are random whatever it is), and what a selection leaves out only decides the
+    runs that select, so changing either recomputes only those."""
+    selects = METHODS[train["method"]].selects_neurons and not train.get("neurons")
     return {k: v for k, v in train.items() if k not in NOT_IN_SPEC
-            and not (k == "scorer" and train.get("method") != "neft")}
+            and not (k == "scorer" and train.get("method") != "neft")
+            and not (k == "select_avoid" and not selects)}
 
 
 def _abs_if_local(path: str) -> str:
@@ -319,8 +322,13 @@ def build_plan(config: CompareConfig) -> Plan:
             if not os.path.isfile(own["neurons"]):
                 raise NeftError(f"{where}: neurons file {raw['neurons']} does not exist; make "
                                 "one with `neft select`, or drop neurons: to select on the fly")
+        registered = METHODS.get(own["method"])
+        inherited = shared
+        if registered is not None and (not registered.selects_neurons or own.get("neurons")):
+            # the shared block shapes the selections of the cells that select, only
+            inherited = {k: v for k, v in shared.items() if k not in SELECTION_SHAPES}
         try:
-            train = from_dict(TrainConfig, {**shared, **own, **common}).to_dict()
+            train = from_dict(TrainConfig, {**inherited, **own, **common}).to_dict()
         except NeftError as exc:
             raise NeftError(f"{where}: {exc}") from None
         method = train["method"]
