@@ -211,6 +211,11 @@ def test_leaving_units_out_changes_only_the_runs_that_select(finished_grid, tmp_
     outcome = compare({**changed, "dry_run": True})
     assert sorted(outcome["states"]["changed"]) == sorted(
         ["cells/neft-6n-s1", "cells/neft-6n-s2", "sweep/neft-6n-lr0.001", "sweep/neft-6n-lr0.01"])
+    lora_own = {**values, "methods": [{"method": "lora", "lora_r": 2,
+                                       "select_avoid": "massive"}]}
+    with pytest.raises(NeftError, match=r"methods\[0\]: select_avoid shapes a neuron "
+                                        r"selection, and this cell selects none"):
+        build_plan(from_dict(CompareConfig, lora_own))
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob(

@@ -246,5 +246,19 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     assert nothing.to_mapping() == plain.to_mapping() and "avoided" not in nothing.metadata
     assert TrainConfig(method="random", select_avoid="none",
                        train_file=toy_data_dir).select_avoid is None
-    assert TrainConfig(method="lora", select_avoid="none",
+    assert TrainConfig(method="lora", select_avoid="None",
                        train_file=toy_data_dir).select_avoid is None
+
+
+def test_a_default_avoid_rule_is_recorded_only_by_runs_that_select(monkeypatch, toy_data_dir):
+    """Were massive the default, a LoRA run or one with a neurons file would record none
+    (its records, resume and reuse never depend on the default), a random run massive."""
+    import neft.train.options as options
+    from neft.train import TrainConfig
+
+    monkeypatch.setitem(options._DEFAULTS, "select_avoid", "massive")
+    given = dict(select_avoid="massive", train_file=toy_data_dir)
+    assert TrainConfig(method="lora", **given).select_avoid is None
+    assert TrainConfig(method="random", **given).select_avoid == "massive"
+    with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
+        TrainConfig(method="lora", select_avoid="massive:30", train_file=toy_data_dir)

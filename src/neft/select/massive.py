@@ -26,7 +26,7 @@ DEFAULT_AVOID: str | None = None
 def parse_avoid(avoid: str | None) -> float | None:
     """'massive' or 'massive:R' -> R, the multiple of the layer's median that counts;
     None or 'none' -> None (nothing left out)."""
-    if avoid is None or avoid == "none":
+    if avoid is None or avoid.lower() == "none":
         return None
     name, _, ratio = avoid.partition(":")
     if name != "massive":

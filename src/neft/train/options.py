@@ -173,9 +173,14 @@ class TrainConfig(DataOptions):
                             f"{self.method}: drop --neurons or pass --method neft")
         if parse_avoid(self.select_avoid) is None:
             self.select_avoid = None  # 'none' and None mean the same: one value in specs
+        selects = METHODS[self.method].selects_neurons and not self.neurons
         for name in SELECTION_SHAPES:
-            if getattr(self, name) in (None, _DEFAULTS[name]):
-                continue  # a default shapes whatever is selected, and nothing otherwise
+            if getattr(self, name) is None:
+                continue
+            if getattr(self, name) == _DEFAULTS[name]:
+                if not selects:  # a default shapes what is selected here, and nothing else:
+                    setattr(self, name, None)  # a run that selects none records none
+                continue
             if not METHODS[self.method].selects_neurons:
                 raise NeftError(f"{name} shapes a neuron selection, and method {self.method} "
                                 f"selects none: drop --{name}")

@@ -325,8 +325,15 @@ def build_plan(config: CompareConfig) -> Plan:
         registered = METHODS.get(own["method"])
         inherited = shared
         if registered is not None and (not registered.selects_neurons or own.get("neurons")):
-            # the shared block shapes the selections of the cells that select, only
+            # the shared block shapes the selections of the cells that select, only; a
+            # cell's own shape where it selects nothing is a mistake
             inherited = {k: v for k, v in shared.items() if k not in SELECTION_SHAPES}
+            for name in SELECTION_SHAPES:
+                if str(own.get(name)).lower() not in ("none", "null"):
+                    raise NeftError(f"{where}: {name} shapes a neuron selection, and this "
+                                    f"cell selects none (method {own['method']}"
+                                    f"{', neurons from a file' if own.get('neurons') else ''})"
+                                    f": drop {name}")
         try:
             train = from_dict(TrainConfig, {**inherited, **own, **common}).to_dict()
         except NeftError as exc:
