@@ -34,6 +34,8 @@ lead=random-lora8,random-avoid-lora8        # random neurons without massive uni
 deciding=$lead,neft-fast-probe-avoid-lora8
 stage selection-en-de "$lead"                # the reference's and the lead's fronts and seeds
 stage selection-sum-en-en "$lead"
+stage selection-en-de "$lead,lora-r8"        # LoRA r8's front at the lead's low drift
+stage selection-sum-en-en "$lead,lora-r8"
 stage selection-en-de "$deciding"            # fast-probe without massive units
 stage selection-sum-en-en "$deciding"
 stage selection-en-de "$deciding,neft-fast-probe-lora8"
