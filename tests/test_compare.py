@@ -202,12 +202,15 @@ def test_a_new_scorer_changes_only_neft_runs(finished_grid, tmp_path) -> None:
 
 
 def test_leaving_units_out_changes_only_the_runs_that_select(finished_grid, tmp_path) -> None:
-    """select_avoid shapes NeFT's neurons, never LoRA's runs; 'none' is the value a grid
-    recorded before the option existed, so pinning it recomputes nothing."""
+    """select_avoid shapes NeFT's neurons, never LoRA's runs; pinning the default
+    recomputes nothing ('none' is also what grids recorded before the option existed)."""
+    from neft.select.massive import DEFAULT_AVOID
+
     root, values = copy_of(finished_grid, tmp_path)
-    pinned = {**values, "train": {**values["train"], "select_avoid": "none"}}
+    pinned = {**values, "train": {**values["train"], "select_avoid": DEFAULT_AVOID or "none"}}
     assert len(compare({**pinned, "dry_run": True})["states"]["done"]) == 8
-    changed = {**values, "train": {**values["train"], "select_avoid": "massive"}}
+    other = "none" if DEFAULT_AVOID else "massive"
+    changed = {**values, "train": {**values["train"], "select_avoid": other}}
     outcome = compare({**changed, "dry_run": True})
     assert sorted(outcome["states"]["changed"]) == sorted(
         ["cells/neft-6n-s1", "cells/neft-6n-s2", "sweep/neft-6n-lr0.001", "sweep/neft-6n-lr0.01"])

@@ -250,6 +250,18 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
                        train_file=toy_data_dir).select_avoid is None
 
 
+def test_avoid_massive_without_data_needs_no_tokenizer(tmp_path):
+    """The data-free pass samples token ids from the model itself: a folder saved without
+    a tokenizer works, and so does a model with fewer positions than the samples' length."""
+    model = make_model("gpt2")
+    assert model.config.n_positions < 64
+    model.save_pretrained(tmp_path / "base")
+    chosen = select_neurons(str(tmp_path / "base"), "random", neurons=4, avoid="massive",
+                            progress=False)
+    assert chosen.num_neurons() == 4
+    assert chosen.metadata["avoid_measured_on"] == "the model's own samples"
+
+
 def test_a_default_avoid_rule_is_recorded_only_by_runs_that_select(monkeypatch, toy_data_dir):
     """Were massive the default, a LoRA run or one with a neurons file would record none
     (its records, resume and reuse never depend on the default), a random run massive."""

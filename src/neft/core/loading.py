@@ -221,11 +221,13 @@ def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    with_tokenizer: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Model and tokenizer from the embedded name, a local directory or a hub id.
 
     Weights are read from safetensors only (never pickle), and model code from the hub
-    runs only with ``trust_remote_code=True``.
+    runs only with ``trust_remote_code=True``. ``with_tokenizer=False``: the model alone
+    (None for the tokenizer), for work on token ids that a folder without one allows.
     """
     local_only = False
     if is_embedded(name_or_path):
@@ -266,6 +268,8 @@ def load_model(
                 f"pass a local model directory or {EMBEDDED_NAMES[0]!r} when offline")
         raise NeftError(f"cannot load model {name_or_path!r} ({_first_line(exc)}); "
                         f"{hint}") from exc
+    if not with_tokenizer:
+        return model, None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
     except NeftError:

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.layers import full_tensor, is_dtensor
+from ..core.loading import position_limit
 from ..core.neurons import is_conv1d
 from ..data.records import load_records
 from ..data.tokenize import DataCollator, TokenizedDataset, build_dataset
@@ -443,6 +444,8 @@ def base_samples(model: nn.Module, count: int, length: int, seed: int, pad_token
     device = next(model.parameters()).device
     start = model.config.bos_token_id
     start = pad_token_id if start is None else start
+    limit = position_limit(model)  # learned position tables end there (GPT-2: IndexError)
+    length = min(length, limit[0]) if limit else length
     was_training = model.training
     model.eval()
     try:

@@ -153,10 +153,12 @@ def select_neurons(
     if ratio is None:
         scores = score_neurons(model, scorer, on_ready=check_budget, **options)
         return scores.select(budgets[0], quota, layers)
-    model, _, tokenizer = open_model(model, options.pop("tokenizer", None), True)
+    data = options.get("data")
+    # without data the pass samples token ids from the model: no tokenizer needed
+    model, _, tokenizer = open_model(model, options.pop("tokenizer", None), True,
+                                     needs_tokenizer=data is not None)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     seed = options.get("seed", 1234)
-    data = options.get("data")
     measured_on = "the model's own samples" if data is None else "the task data"
     if not get_scorer(scorer).wants_data(has_reference=options.get("reference") is not None):
         options.pop("data", None)
@@ -266,7 +268,7 @@ def score_neurons(
 
 
 def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: bool = False,
-               ) -> tuple[nn.Module, WeightSource, Any]:
+               needs_tokenizer: bool = True) -> tuple[nn.Module, WeightSource, Any]:
     """(model, where its weights are read from, tokenizer). From a local safetensors
     folder and no forward pass needed: a weightless (meta) model plus that folder."""
     if isinstance(model, nn.Module):
@@ -290,7 +292,8 @@ def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: boo
                             f"({text.splitlines()[0] if text else type(exc).__name__}); pass a "
                             "folder written by save_pretrained") from exc
         return skeleton, folder, tokenizer
-    loaded, loaded_tokenizer = load_model(model)
+    loaded, loaded_tokenizer = load_model(model, with_tokenizer=needs_tokenizer
+                                          and tokenizer is None)
     return loaded, loaded, tokenizer or loaded_tokenizer
 
 
