@@ -241,7 +241,7 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
         TrainConfig(method="lora", select_avoid="massive", train_file=toy_data_dir)
     # none leaves nothing out, in the API and in neft train's option
-    plain = select_neurons(model, "random", neurons=pool - 2, progress=False)
+    plain = select_neurons(model, "random", neurons=pool - 2, avoid=None, progress=False)
     nothing = select_neurons(model, "random", neurons=pool - 2, avoid="none", progress=False)
     assert nothing.to_mapping() == plain.to_mapping() and "avoided" not in nothing.metadata
     assert TrainConfig(method="random", select_avoid="none",
