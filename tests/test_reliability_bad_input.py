@@ -293,6 +293,10 @@ CASES = [
      ["select", "--model", "{gpt2-32}", "--scorer", "gradient", "--data", "{d}", "--neurons",
       "3", "--max_length", "64", "--output", "{out}", "--quiet"],
      r"the longest example \(max_length 64\) is 64 tokens but the model has 32 positions"),
+    ("select avoid's data past the model's positions",
+     ["select", "--model", "{gpt2-32}", "--avoid", "massive", "--data", "{d}", "--neurons",
+      "3", "--max_length", "64", "--output", "{out}", "--quiet"],
+     r"the longest example \(max_length 64\) is 64 tokens but the model has 32 positions"),
     # numbers that are no numbers
     ("select --percent nan", [*SELECT, "--percent", "nan"],
      r"argument --percent: must be a finite number, not 'nan'"),

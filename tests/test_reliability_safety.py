@@ -106,6 +106,8 @@ def test_trust_remote_code_is_off_unless_given(tiny_model_dir, tmp_path) -> None
         load_model(str(folder))
     with pytest.raises(NeftError, match="never runs such code"):
         select_neurons(str(folder), "magnitude", neurons=2, progress=False)
+    with pytest.raises(NeftError, match="never runs such code"):  # loaded for its pass
+        select_neurons(str(folder), "magnitude", neurons=2, avoid="massive", progress=False)
     assert not marker.exists()
     # the defaults, in the API and on the command line
     for cls in (TrainConfig, EvalConfig):

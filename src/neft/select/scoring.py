@@ -171,8 +171,8 @@ def select_neurons(
         if data is None:  # massive units are the model's, whatever the text
             examples = base_samples(model, *SAMPLES, seed, pad_id)
         else:
-            examples = prepare_examples(data, tokenizer, options.get("task", "translation"),
-                                        options.get("max_length", 128), options.get("limit"))
+            examples = task_examples(model, data, tokenizer, options.get("task", "translation"),
+                                     options.get("max_length", 128), options.get("limit"))
         avoided.update(massive_units(model, scores.groups, examples, pad_id, ratio, seed))
 
     scores = score_neurons(model, scorer, on_ready=measure_massive, tokenizer=tokenizer,
@@ -244,11 +244,7 @@ def score_neurons(
 
     examples = None
     if needs_data:
-        examples = prepare_examples(data, tokenizer, task, max_length, limit)
-
-        check_length(model, max((len(e["input_ids"]) for e in examples), default=0),
-                     f"the longest example (max_length {max_length})",
-                     "pass --max_length {room} or less")
+        examples = task_examples(model, data, tokenizer, task, max_length, limit)
         metadata.update({
             "data": str(data) if isinstance(data, str | os.PathLike) else "in memory",
             "data_fingerprint": data_fingerprint(examples), "data_examples": len(examples),
@@ -265,6 +261,17 @@ def score_neurons(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "neft_version": __version__})
     return result
+
+
+def task_examples(model: nn.Module, data: Any, tokenizer: Any, task: str, max_length: int,
+                  limit: int | None) -> Sequence[Mapping[str, Any]]:
+    """The task data tokenized for a pass of the model, refused in one line when an example
+    is longer than the model's positions."""
+    examples = prepare_examples(data, tokenizer, task, max_length, limit)
+    check_length(model, max((len(e["input_ids"]) for e in examples), default=0),
+                 f"the longest example (max_length {max_length})",
+                 "pass --max_length {room} or less")
+    return examples
 
 
 def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: bool = False,
@@ -292,8 +299,14 @@ def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: boo
                             f"({text.splitlines()[0] if text else type(exc).__name__}); pass a "
                             "folder written by save_pretrained") from exc
         return skeleton, folder, tokenizer
-    loaded, loaded_tokenizer = load_model(model, with_tokenizer=needs_tokenizer
-                                          and tokenizer is None)
+    try:
+        loaded, loaded_tokenizer = load_model(model, with_tokenizer=needs_tokenizer
+                                              and tokenizer is None)
+    except NeftError as exc:
+        if "own Python code" in str(exc):  # load_model's hint names a flag select lacks
+            raise NeftError(f"model {model} needs its own Python code (auto_map) to load; "
+                            "neft select never runs such code") from exc
+        raise
     return loaded, loaded, tokenizer or loaded_tokenizer
 
 
