@@ -380,7 +380,11 @@ def test_data_is_required_where_used_and_refused_where_not(llama):
     with pytest.raises(NeftError, match="needs task data"):
         select_neurons(llama, "gradient", neurons=4, progress=False)
     with pytest.raises(NeftError, match="uses no data"):
-        select_neurons(llama, "random", neurons=4, data=examples(), progress=False)
+        select_neurons(llama, "random", neurons=4, data=examples(), avoid="none",
+                       progress=False)
+    # leaving out massive units (the default) measures them on the data it is given
+    measured = select_neurons(llama, "random", neurons=4, data=examples(), progress=False)
+    assert measured.metadata["avoid_measured_on"] == "the task data"
     with pytest.raises(NeftError, match="not known"):
         select_neurons(llama, "psychic", neurons=4, progress=False)
 

@@ -140,7 +140,7 @@ def test_train_passes_its_layer_band_to_the_selection(toy_data_dir):
     from neft.train.methods import select_for_training
 
     config = TrainConfig(method="random", num_neurons=5, select_layers="upper:1",
-                         train_file=toy_data_dir)
+                         select_avoid="none", train_file=toy_data_dir)
     chosen = select_for_training(make_model("llama"), config, dataset=None)
     assert chosen.num_neurons() == 5 and all(".layers.1." in m for m in chosen.modules())
 
@@ -156,7 +156,7 @@ def test_train_passes_its_quota_to_the_selection(toy_data_dir):
 
     def per_layer(quota: str | None) -> list[int]:
         config = TrainConfig(method="neft", scorer="magnitude", num_neurons=8,
-                             select_quota=quota, train_file=toy_data_dir)
+                             select_quota=quota, select_avoid="none", train_file=toy_data_dir)
         chosen = select_for_training(model, config, dataset=None)
         return [sum(int(i.numel()) for m, _, i in chosen.items() if f".layers.{n}." in m)
                 for n in (0, 1)]
@@ -239,7 +239,7 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     assert ("left out (massive:40, on the model's own samples): 1 unit; layer 1: 5"
             in format_summary(dataless))
     with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
-        TrainConfig(method="lora", select_avoid="massive", train_file=toy_data_dir)
+        TrainConfig(method="lora", select_avoid="massive:30", train_file=toy_data_dir)
     # none leaves nothing out, in the API and in neft train's option
     plain = select_neurons(model, "random", neurons=pool - 2, avoid=None, progress=False)
     nothing = select_neurons(model, "random", neurons=pool - 2, avoid="none", progress=False)

@@ -20,7 +20,7 @@ DEFAULT_RATIO = 40.0  # a round threshold, not tuned (SmolLM2-135M: 24 units at 
 BATCHES, BATCH_SIZE = 8, 4
 SAMPLES = (32, 64)  # without task data: the model's own texts, count x tokens
 # What select_neurons, `neft select` and `neft train` leave out unless told: one place.
-DEFAULT_AVOID: str | None = None
+DEFAULT_AVOID: str | None = "massive"
 
 
 def parse_avoid(avoid: str | None) -> float | None:
