@@ -6,7 +6,9 @@
 Scorers live in one registry (registry.py; `register_scorer` adds one, with its knobs):
 ``cosine`` (the paper, against a fine-tuned checkpoint), ``probe`` (the paper's short
 full fine-tuning, then cosine), ``reversed`` (the paper's ablation), ``random`` (the
-default: nothing has beaten it, registry.DEFAULT_SCORER), ``magnitude``, and ours:
+default: no scorer has beaten it, registry.DEFAULT_SCORER; by default every selection
+leaves out the massive-activation units, massive.DEFAULT_AVOID, which did beat it),
+``magnitude``, and ours:
 ``fast-probe`` (a few AdamW steps on the candidate matrices only, then cosine: the probe's
 selection at a tenth of its time and NeFT training's memory) and ``gradient`` (gradient
 statistics, no update at all). scoring.py scores and selects, budget.py sizes budgets,
