@@ -266,12 +266,10 @@ def _cell_name(method: str, cell: dict[str, Any], budget_slug: str) -> str:
 
 def _spec_train(train: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's result; the scorer only decides NeFT's (random
-    neurons are random whatever it is), and what a selection leaves out only decides the
-    runs that select, so changing either recomputes only those."""
-    selects = METHODS[train["method"]].selects_neurons and not train.get("neurons")
+    neurons are random whatever it is), so changing it recomputes only NeFT's runs. (A run
+    that selects nothing records select_avoid as None whatever the default: TrainConfig.)"""
     return {k: v for k, v in train.items() if k not in NOT_IN_SPEC
-            and not (k == "scorer" and train.get("method") != "neft")
-            and not (k == "select_avoid" and not selects)}
+            and not (k == "scorer" and train.get("method") != "neft")}
 
 
 def _abs_if_local(path: str) -> str:
@@ -329,7 +327,7 @@ def build_plan(config: CompareConfig) -> Plan:
             # cell's own shape where it selects nothing is a mistake
             inherited = {k: v for k, v in shared.items() if k not in SELECTION_SHAPES}
             for name in SELECTION_SHAPES:
-                if str(own.get(name)).lower() not in ("none", "null"):
+                if str(own.get(name)).lower() != "none":  # unset, or none given
                     raise NeftError(f"{where}: {name} shapes a neuron selection, and this "
                                     f"cell selects none (method {own['method']}"
                                     f"{', neurons from a file' if own.get('neurons') else ''})"
