@@ -42,13 +42,11 @@ def parse_avoid(avoid: str | None) -> float | None:
     return value
 
 
-def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
-                  examples: Sequence[Any], pad_id: int, ratio: float, seed: int = 1234
-                  ) -> dict[int, torch.Tensor]:
-    """Group position -> positions (within the group) of its massive units. A unit is
-    massive when its mean |input| to a column group's module (down_proj), over a few
-    batches of task tokens, is at least ``ratio`` x that module's median; the row groups
-    of the same layer and width (up_proj, gate_proj) lose the same units."""
+def activation_ratios(model: nn.Module, groups: Sequence[NeuronGroup],
+                      examples: Sequence[Any], pad_id: int, seed: int = 1234
+                      ) -> dict[int, torch.Tensor]:
+    """Column group position -> each unit's mean |input| to the group's module (down_proj)
+    over a few batches of the examples, as a multiple of that module's median."""
     from .datadriven import batches
 
     if not examples:
@@ -84,10 +82,20 @@ def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
         for handle in hooks:
             handle.remove()
         model.train(was_training)
+    means = {i: sums[i] / max(tokens, 1) for i in columns}
+    return {i: mean / mean.median() for i, mean in means.items()}
+
+
+def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
+                  examples: Sequence[Any], pad_id: int, ratio: float, seed: int = 1234
+                  ) -> dict[int, torch.Tensor]:
+    """Group position -> positions (within the group) of its massive units. A unit is
+    massive when its mean |input| to a column group's module (down_proj), over a few
+    batches of task tokens, is at least ``ratio`` x that module's median; the row groups
+    of the same layer and width (up_proj, gate_proj) lose the same units."""
     found: dict[int, torch.Tensor] = {}
-    for i in columns:
-        mean = sums[i] / max(tokens, 1)
-        units = (mean >= ratio * mean.median()).nonzero().flatten()
+    for i, ratios in activation_ratios(model, groups, examples, pad_id, seed).items():
+        units = (ratios >= ratio).nonzero().flatten()
         if not units.numel():
             continue
         column = groups[i]
