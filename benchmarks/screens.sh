@@ -31,14 +31,11 @@ stage() {  # stage GRID [CELLS]
 # A stage runs each cell's first seed at its middle rate first, then the other rates, then
 # the other seeds: the reference's standard point, then the lead's, then their fronts.
 lead=random-lora8,random-avoid-lora8        # random neurons without massive units: the lead
-deciding=$lead,neft-fast-probe-avoid-lora8
 stage selection-en-de "$lead"                # the reference's and the lead's fronts and seeds
 stage selection-sum-en-en "$lead"
 stage selection-en-de "$lead,lora-r8"        # LoRA r8's front at the lead's low drift
 stage selection-sum-en-en "$lead,lora-r8"
-stage selection-en-de "$deciding"            # fast-probe without massive units
-stage selection-sum-en-en "$deciding"
-stage selection-en-de "$deciding,neft-fast-probe-lora8"
-stage selection-sum-en-en "$deciding,neft-fast-probe-lora8"
-stage selection-en-de                        # the other candidates
+# The other candidates: a whole screen runs every cell's middle rate before any other rate,
+# so each candidate gets a first point against the default before any front is filled in.
+stage selection-en-de
 stage selection-sum-en-en
