@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src"
 
-for grid in selection-en-de selection-sum-en-en; do
+for grid in selection-en-de selection-sum-en-en massive-draws-en-de; do
     if [ -d "benchmarks/results/grids/$grid" ]; then
         .venv/bin/python benchmarks/grid_records.py --restore "benchmarks/results/grids/$grid" \
             || exit 1
@@ -35,6 +35,7 @@ stage selection-en-de "$lead"                # the reference's and the lead's fr
 stage selection-sum-en-en "$lead"
 stage selection-en-de "$lead,lora-r8"        # LoRA r8's front at the lead's low drift
 stage selection-sum-en-en "$lead,lora-r8"
+stage massive-draws-en-de                    # do the 130-200x units matter? (massive_draws.md)
 # The other candidates: a whole screen runs every cell's middle rate before any other rate,
 # so each candidate gets a first point against the default before any front is filled in.
 stage selection-en-de
