@@ -197,7 +197,7 @@ def test_avoid_massive_checks_the_budget_before_its_pass(monkeypatch):
     def never(*_: object) -> None:
         raise AssertionError("sampled before the budget was checked")
 
-    monkeypatch.setattr(scoring, "base_samples", never)
+    monkeypatch.setattr(scoring, "model_text", never)
     with pytest.raises(NeftError, match="exceeds the candidate pool"):
         select_neurons(make_model("llama"), "random", neurons=10**6, avoid="massive",
                        progress=False)
@@ -260,6 +260,23 @@ def test_avoid_massive_without_data_needs_no_tokenizer(tmp_path):
                             progress=False)
     assert chosen.num_neurons() == 4
     assert chosen.metadata["avoid_measured_on"] == "the model's own samples"
+
+
+def test_avoid_massive_on_a_backbone_that_cannot_generate():
+    """A bare backbone (no LM head, no generate) still gets the default rule: the pass runs
+    on seeded random token ids, and finds a planted massive unit there too."""
+    from transformers import LlamaModel
+
+    backbone = LlamaModel(make_model("llama").config)
+    with torch.no_grad():
+        backbone.layers[1].mlp.up_proj.weight[5].mul_(1000)
+    pool = sum(g.count for g in find_neuron_groups(backbone))
+    chosen = select_neurons(backbone, "random", neurons=pool - 2, progress=False)
+    assert chosen.metadata["avoid_measured_on"] == "random token ids"
+    assert chosen.metadata["avoided"] == {"layers.1.mlp.down_proj::cols": [5],
+                                          "layers.1.mlp.up_proj::rows": [5]}
+    again = select_neurons(backbone, "random", neurons=pool - 2, progress=False)
+    assert again.to_mapping() == chosen.to_mapping()
 
 
 def test_a_default_avoid_rule_is_recorded_only_by_runs_that_select(monkeypatch, toy_data_dir):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.loading import position_limit
 from ..core.neurons import NeuronGroup
 from ..errors import NeftError
 
@@ -40,6 +41,27 @@ def parse_avoid(avoid: str | None) -> float | None:
     if not value > 1:
         raise NeftError(f"avoid {avoid!r}: R must be a number above 1, e.g. massive:40")
     return value
+
+
+def model_text(model: nn.Module, seed: int, pad_id: int) -> tuple[list[dict[str, Any]], str]:
+    """Text for the pass without task data, and what it is: the model's own samples
+    (SAMPLES), or for a backbone that cannot generate, as many seeded random token ids:
+    massive units are the model's (on SmolLM2-135M random ids mark the same four strongest
+    units as its samples, and 38 units at 40x against the samples' 17)."""
+    from .datadriven import base_samples
+
+    count, length = SAMPLES
+    if callable(getattr(model, "generate", None)):
+        return base_samples(model, count, length, seed, pad_id), "the model's own samples"
+    vocab = getattr(model.config, "vocab_size", None)
+    if not vocab:
+        raise NeftError("avoid=massive without data needs a model that can generate, or a "
+                        "config with vocab_size; pass data= (CLI --data) or avoid='none'")
+    limit = position_limit(model)
+    length = min(length, limit[0]) if limit else length
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(vocab, (count, length), generator=generator)
+    return [{"input_ids": row, "labels": row} for row in ids.tolist()], "random token ids"
 
 
 def activation_ratios(model: nn.Module, groups: Sequence[NeuronGroup],

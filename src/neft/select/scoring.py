@@ -41,8 +41,8 @@ from .budget import (
     parse_layers,
     resolve_budget,
 )
-from .datadriven import base_samples, prepare_examples
-from .massive import DEFAULT_AVOID, SAMPLES, massive_units, parse_avoid
+from .datadriven import prepare_examples
+from .massive import DEFAULT_AVOID, massive_units, model_text, parse_avoid
 from .registry import DEFAULT_SCORER, ScoreInput, check_scorer_options, get_scorer
 from .weights import WeightSource
 
@@ -159,7 +159,7 @@ def select_neurons(
                                      needs_tokenizer=data is not None)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     seed = options.get("seed", 1234)
-    measured_on = "the model's own samples" if data is None else "the task data"
+    measured_on = ["the task data"]
     if not get_scorer(scorer).wants_data(has_reference=options.get("reference") is not None):
         options.pop("data", None)
     avoided: dict[int, torch.Tensor] = {}
@@ -169,7 +169,7 @@ def select_neurons(
         (the probes train the model, and put it back, while scoring)."""
         check_budget(scores)
         if data is None:  # massive units are the model's, whatever the text
-            examples = base_samples(model, *SAMPLES, seed, pad_id)
+            examples, measured_on[0] = model_text(model, seed, pad_id)
         else:
             examples = task_examples(model, data, tokenizer, options.get("task", "translation"),
                                      options.get("max_length", 128), options.get("limit"))
@@ -179,7 +179,7 @@ def select_neurons(
                            **options)
     chosen = scores.select(budgets[0], quota, layers, avoided)
     chosen.metadata["avoid"] = f"massive:{ratio:g}"
-    chosen.metadata["avoid_measured_on"] = measured_on
+    chosen.metadata["avoid_measured_on"] = measured_on[0]
     return chosen
 
 
