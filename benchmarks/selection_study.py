@@ -133,10 +133,12 @@ def plot(studies: list[dict[str, Any]], path: str) -> None:
 
 def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) -> str:
     host = machine()
-    lines = ["# Selection study: which neurons beat random ones", "",
+    references = sorted({study["reference"] for study in studies})
+    against = ", ".join(f"`{r}`" for r in references)
+    lines = [f"# Selection study: each cell against {against}", "",
              f"Written {made} by `{command}` on {host.get('cpu', 'this machine')} "
              f"({host['cpus']} CPUs, torch {host['torch']}). Each row is the cell's standard "
-             "point against the reference cell's front (random neurons in the screens); "
+             f"point against the front of {against}; "
              "delta is the cell minus the reference (negative: the cell reaches a lower loss "
              "at the same drift, or drifts less for the same loss); resolved only when the "
              "95% interval excludes 0.", ""]
@@ -160,7 +162,7 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
     lines += ["## Beats the reference on every grid", "",
               (", ".join(f"`{c}`" for c in found) if found else "No cell: none has a resolved "
                "win and no resolved loss against the reference on every grid."),
-              "", f"![each cell against random]({name}.png)", ""]
+              "", f"![each cell against {', '.join(references)}]({name}.png)", ""]
     return "\n".join(lines)
 
 
