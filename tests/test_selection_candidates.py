@@ -262,6 +262,21 @@ def test_avoid_massive_without_data_needs_no_tokenizer(tmp_path):
     assert chosen.metadata["avoid_measured_on"] == "the model's own samples"
 
 
+def test_avoid_massive_measures_against_the_units_that_are_active():
+    """With most units dead (never active, as in ReLU models), a layer's median is taken
+    over the active ones: only the planted unit is massive, not every live one."""
+    model = make_model("llama")
+    up = model.model.layers[1].mlp.up_proj.weight
+    with torch.no_grad():
+        up[: up.shape[0] * 2 // 3].zero_()  # two thirds of the layer's units never fire
+        up[-1].mul_(1000)
+    pool = sum(g.count for g in find_neuron_groups(model))
+    chosen = select_neurons(model, "random", neurons=pool - 2, progress=False)
+    last = up.shape[0] - 1
+    assert chosen.metadata["avoided"] == {"model.layers.1.mlp.down_proj::cols": [last],
+                                          "model.layers.1.mlp.up_proj::rows": [last]}
+
+
 def test_avoid_massive_on_a_backbone_that_cannot_generate():
     """A bare backbone (no LM head, no generate) still gets the default rule: the pass runs
     on seeded random token ids, and finds a planted massive unit there too."""

@@ -68,7 +68,8 @@ def activation_ratios(model: nn.Module, groups: Sequence[NeuronGroup],
                       examples: Sequence[Any], pad_id: int, seed: int = 1234
                       ) -> dict[int, torch.Tensor]:
     """Column group position -> each unit's mean |input| to the group's module (down_proj)
-    over a few batches of the examples, as a multiple of that module's median."""
+    over a few batches of the examples, as a multiple of the median over its units that
+    were active at all."""
     from .datadriven import batches
 
     if not examples:
@@ -104,8 +105,12 @@ def activation_ratios(model: nn.Module, groups: Sequence[NeuronGroup],
         for handle in hooks:
             handle.remove()
         model.train(was_training)
-    means = {i: sums[i] / max(tokens, 1) for i in columns}
-    return {i: mean / mean.median() for i, mean in means.items()}
+    ratios = {}
+    for i in columns:
+        mean = sums[i] / max(tokens, 1)
+        active = mean[mean > 0]  # ReLU models (OPT) can have most units dead: not the scale
+        ratios[i] = mean / active.median() if active.numel() else torch.zeros_like(mean)
+    return ratios
 
 
 def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
