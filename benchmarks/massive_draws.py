@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 
 from neft.core.io import atomic_text, write_json
 from neft.core.loading import load_model
+from neft.core.neurons import layer_index
 from neft.experiments.bench import machine
 from neft.select import score_neurons
 from neft.select.datadriven import base_samples
@@ -37,7 +37,7 @@ def held_units(chosen, units: dict[tuple[int, int], float]) -> list[tuple[int, i
     NeuronSet trains."""
     held = set()
     for module, _axis, index in chosen.items():
-        layer = int(re.search(r"layers\.(\d+)\.", module).group(1))
+        layer = layer_index(module)
         held |= {(layer, int(u)) for u in index.tolist() if (layer, int(u)) in units}
     return sorted(held)
 

@@ -437,6 +437,12 @@ def score_drift_aware(inp: ScoreInput) -> Scores:
     return [g / (c + floor) for g, c in zip(gain, curvature, strict=True)], settings
 
 
+def sample_length(model: nn.Module, length: int) -> int:
+    """length, cut to the model's learned position table (GPT-2: IndexError past it)."""
+    limit = position_limit(model)
+    return min(length, limit[0]) if limit else length
+
+
 def base_samples(model: nn.Module, count: int, length: int, seed: int, pad_token_id: int
                  ) -> list[dict[str, list[int]]]:
     """count texts of length tokens sampled from the model (seeded, the caller's RNG left
@@ -444,8 +450,7 @@ def base_samples(model: nn.Module, count: int, length: int, seed: int, pad_token
     device = next(model.parameters()).device
     start = model.config.bos_token_id
     start = pad_token_id if start is None else start
-    limit = position_limit(model)  # learned position tables end there (GPT-2: IndexError)
-    length = min(length, limit[0]) if limit else length
+    length = sample_length(model, length)
     was_training = model.training
     model.eval()
     try:

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.loading import position_limit
 from ..core.neurons import NeuronGroup
 from ..errors import NeftError
 
@@ -48,7 +47,7 @@ def model_text(model: nn.Module, seed: int, pad_id: int) -> tuple[list[dict[str,
     (SAMPLES), or for a backbone that cannot generate, as many seeded random token ids:
     massive units are the model's (on SmolLM2-135M random ids mark the same four strongest
     units as its samples, and 38 units at 40x against the samples' 17)."""
-    from .datadriven import base_samples
+    from .datadriven import base_samples, sample_length
 
     count, length = SAMPLES
     if callable(getattr(model, "generate", None)):
@@ -57,8 +56,7 @@ def model_text(model: nn.Module, seed: int, pad_id: int) -> tuple[list[dict[str,
     if not vocab:
         raise NeftError("avoid=massive without data needs a model that can generate, or a "
                         "config with vocab_size; pass data= (CLI --data) or avoid='none'")
-    limit = position_limit(model)
-    length = min(length, limit[0]) if limit else length
+    length = sample_length(model, length)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(vocab, (count, length), generator=generator)
     return [{"input_ids": row, "labels": row} for row in ids.tolist()], "random token ids"
@@ -118,7 +116,8 @@ def massive_units(model: nn.Module, groups: Sequence[NeuronGroup],
                   ) -> dict[int, torch.Tensor]:
     """Group position -> positions (within the group) of its massive units. A unit is
     massive when its mean |input| to a column group's module (down_proj), over a few
-    batches of task tokens, is at least ``ratio`` x that module's median; the row groups
+    batches of task tokens, is at least ``ratio`` x that module's median (activation_ratios);
+    the row groups
     of the same layer and width (up_proj, gate_proj) lose the same units."""
     found: dict[int, torch.Tensor] = {}
     for i, ratios in activation_ratios(model, groups, examples, pad_id, seed).items():

@@ -159,7 +159,7 @@ def select_neurons(
                                      needs_tokenizer=data is not None)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     seed = options.get("seed", 1234)
-    measured_on = ["the task data"]
+    measured_on = "the task data"
     if not get_scorer(scorer).wants_data(has_reference=options.get("reference") is not None):
         options.pop("data", None)
     avoided: dict[int, torch.Tensor] = {}
@@ -167,9 +167,10 @@ def select_neurons(
     def measure_massive(scores: NeuronScores) -> None:
         """After the budget check (a bad budget fails before this pass), before scoring
         (the probes train the model, and put it back, while scoring)."""
+        nonlocal measured_on
         check_budget(scores)
         if data is None:  # massive units are the model's, whatever the text
-            examples, measured_on[0] = model_text(model, seed, pad_id)
+            examples, measured_on = model_text(model, seed, pad_id)
         else:
             examples = task_examples(model, data, tokenizer, options.get("task", "translation"),
                                      options.get("max_length", 128), options.get("limit"))
@@ -179,7 +180,7 @@ def select_neurons(
                            **options)
     chosen = scores.select(budgets[0], quota, layers, avoided)
     chosen.metadata["avoid"] = f"massive:{ratio:g}"
-    chosen.metadata["avoid_measured_on"] = measured_on[0]
+    chosen.metadata["avoid_measured_on"] = measured_on
     return chosen
 
 
