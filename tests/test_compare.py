@@ -221,6 +221,22 @@ def test_leaving_units_out_changes_only_the_runs_that_select(finished_grid, tmp_
         build_plan(from_dict(CompareConfig, lora_own))
 
 
+def test_the_default_and_random_cells_differ_by_the_avoid_rule(tiny_model_dir, toy_data_dir,
+                                                              tmp_path) -> None:
+    """Unpinned, a neft cell (the default: random neurons, massive units left out) and a
+    random cell (the control: uniformly random) are two runs, not one run twice."""
+    from neft.select.massive import DEFAULT_AVOID
+
+    values = grid(tiny_model_dir, toy_data_dir, tmp_path / "grid", lr_sweep={},
+                  train={"max_steps": 2, "learning_rate": 1e-3},
+                  methods=[{"method": "neft", "num_neurons": 6},
+                           {"method": "random", "num_neurons": 6}])
+    plan = build_plan(from_dict(CompareConfig, values))
+    avoid = {run.cell: run.spec["train"]["select_avoid"] for run in plan.runs
+             if run.kind == "cell"}
+    assert avoid == {"neft-6n": DEFAULT_AVOID, "random-6n": None}
+
+
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob(
     "benchmarks/compare/*.yaml")), ids=lambda p: p.stem)
 def test_committed_grids_pin_what_a_default_could_change(path: Path) -> None:

@@ -294,15 +294,21 @@ def test_avoid_massive_on_a_backbone_that_cannot_generate():
     assert again.to_mapping() == chosen.to_mapping()
 
 
-def test_a_default_avoid_rule_is_recorded_only_by_runs_that_select(monkeypatch, toy_data_dir):
-    """Were massive the default, a LoRA run or one with a neurons file would record none
-    (its records, resume and reuse never depend on the default), a random run massive."""
-    import neft.train.options as options
+def test_each_method_leaves_out_its_own_units_unless_told(toy_data_dir, tmp_path):
+    """select_avoid auto: neft's default rule, nothing for random (the control the default
+    is measured against, so `neft compare` of neft and random reads the rule's effect);
+    none for a run that selects nothing or reads a neurons file. A value given wins."""
+    from neft.select.massive import DEFAULT_AVOID
     from neft.train import TrainConfig
 
-    monkeypatch.setitem(options._DEFAULTS, "select_avoid", "massive")
-    given = dict(select_avoid="massive", train_file=toy_data_dir)
-    assert TrainConfig(method="lora", **given).select_avoid is None
-    assert TrainConfig(method="random", **given).select_avoid == "massive"
+    data = dict(train_file=toy_data_dir)
+    assert TrainConfig(method="neft", **data).select_avoid == DEFAULT_AVOID
+    assert TrainConfig(method="random", **data).select_avoid is None
+    assert TrainConfig(method="lora", **data).select_avoid is None
+    neurons = tmp_path / "set.safetensors"
+    neurons.touch()
+    assert TrainConfig(method="neft", neurons=str(neurons), **data).select_avoid is None
+    assert TrainConfig(method="random", select_avoid="massive", **data).select_avoid == "massive"
+    assert TrainConfig(method="neft", select_avoid="none", **data).select_avoid is None
     with pytest.raises(NeftError, match="select_avoid shapes a neuron selection"):
         TrainConfig(method="lora", select_avoid="massive:30", train_file=toy_data_dir)

@@ -29,6 +29,7 @@ from ..core.neurons import count_parameters, find_neuron_groups
 from ..errors import NeftError
 from ..select import get_scorer, select_neurons
 from ..select.budget import linear_shapes, lora_parameters, resolve_budget
+from ..select.massive import DEFAULT_AVOID
 from .peers import PEERS, apply_peer
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class Method:
     (lora_r; bench matches it to the budget) or None (a fixed set, named by ``label``).
     ``saves_model``: the trained model is saved whole (with its tokenizer), not an adapter.
     ``scorer``: the scorer a neuron method always uses (random), else TrainConfig's.
+    ``avoid``: what a neuron method leaves out unless told (select_avoid auto): the
+    default's rule for neft, nothing for random, the control it is measured against.
     """
 
     name: str
@@ -72,6 +75,7 @@ class Method:
     scorer: str | None = None
     label: str = ""
     help: str = ""
+    avoid: str | None = DEFAULT_AVOID
 
     @property
     def selects_neurons(self) -> bool:
@@ -83,7 +87,8 @@ METHODS: dict[str, Method] = {}
 
 def register_method(name: str, prepare: Callable[[nn.Module, MethodSpec], nn.Module], *,
                     budget: str | None = None, saves_model: bool = False,
-                    scorer: str | None = None, label: str = "", help: str = "") -> Method:
+                    scorer: str | None = None, label: str = "", help: str = "",
+                    avoid: str | None = DEFAULT_AVOID) -> Method:
     """Add a method to `neft train`, `neft compare` and `neft bench` (a name used before is
     an error: methods are not replaced silently)."""
     if name in METHODS:
@@ -91,7 +96,7 @@ def register_method(name: str, prepare: Callable[[nn.Module, MethodSpec], nn.Mod
     if budget not in BUDGETS:
         raise NeftError(f"method {name!r}: budget must be one of {BUDGETS}, not {budget!r}")
     method = Method(name, prepare, budget, saves_model, scorer, label,
-                    help or (prepare.__doc__ or "").strip().split("\n")[0])
+                    help or (prepare.__doc__ or "").strip().split("\n")[0], avoid)
     METHODS[name] = method
     return method
 
@@ -166,8 +171,8 @@ def prepare_ft_inout(model: nn.Module, spec: MethodSpec) -> nn.Module:
 
 register_method("neft", prepare_neft, budget="neurons",
                 help="neurons from a NeuronSet file, or selected on the fly by the scorer")
-register_method("random", prepare_neft, budget="neurons", scorer="random",
-                help="random neurons at the same budget (the control)")
+register_method("random", prepare_neft, budget="neurons", scorer="random", avoid=None,
+                help="uniformly random neurons at the same budget (the control)")
 register_method("lora", prepare_lora, budget="lora_rank", help="peft's LoRA")
 register_method("full", prepare_full, saves_model=True, label="all")
 register_method("ft-inout", prepare_ft_inout, saves_model=True, label="all up/down")

@@ -19,6 +19,7 @@ from .methods import METHODS
 
 # The options that shape a selection made on the fly (not one read from --neurons).
 SELECTION_SHAPES = ("select_layers", "select_quota", "select_avoid")
+AUTO_AVOID = "auto"  # select_avoid's default: each method's own rule (Method.avoid)
 
 
 @dataclass
@@ -49,7 +50,9 @@ class TrainConfig(DataOptions):
                                       "split by pool size (default: one global ranking)")
     select_avoid: str | None = option("leave out of the selection: massive (or massive:R), the "
                                       "units whose activation is R x their layer's median "
-                                      "(R 40), or none", DEFAULT_AVOID)
+                                      "(R 40), or none; auto: the method's own, "
+                                      f"{DEFAULT_AVOID or 'none'} for neft, none for random "
+                                      "(the control)", AUTO_AVOID)
     match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")
@@ -171,6 +174,9 @@ class TrainConfig(DataOptions):
         if self.neurons and self.method != "neft":
             raise NeftError(f"neurons is used by method neft only, and method is "
                             f"{self.method}: drop --neurons or pass --method neft")
+        if self.select_avoid == AUTO_AVOID:  # the method's own rule, where it selects here
+            selecting = METHODS[self.method].selects_neurons and not self.neurons
+            self.select_avoid = METHODS[self.method].avoid if selecting else None
         if parse_avoid(self.select_avoid) is None:
             self.select_avoid = None  # 'none' and None mean the same: one value in specs
         selects = METHODS[self.method].selects_neurons and not self.neurons
