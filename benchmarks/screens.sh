@@ -23,8 +23,8 @@ for grid in selection-en-de selection-sum-en-en massive-draws-en-de; do
     fi
 done
 
-stage() {  # stage GRID [CELLS]
-    .venv/bin/neft compare --config "benchmarks/compare/$1.yaml" ${2:+--cells "$2"} \
+stage() {  # stage GRID [CELLS] [more neft compare flags]
+    .venv/bin/neft compare --config "benchmarks/compare/$1.yaml" ${2:+--cells "$2"} "${@:3}" \
         || echo "screens.sh: a run of $1 ${2:+(cells $2) }failed; see its log.txt" >&2
 }
 
@@ -36,7 +36,9 @@ stage selection-sum-en-en "$lead"
 stage selection-en-de "$lead,lora-r8"        # LoRA r8's front at the lead's low drift
 stage selection-sum-en-en "$lead,lora-r8"
 stage massive-draws-en-de                    # do the 130-200x units matter? (massive_draws.md)
-# The other candidates: a whole screen runs every cell's middle rate before any other rate,
-# so each candidate gets a first point against the default before any front is filled in.
+# The other candidates: each one's middle rate on both screens (a point against the default's
+# front), then their other rates and seeds.
+stage selection-en-de "" --first_runs
+stage selection-sum-en-en "" --first_runs
 stage selection-en-de
 stage selection-sum-en-en

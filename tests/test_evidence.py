@@ -310,6 +310,22 @@ def front_grid(tiny_model_dir, toy_data_dir, tmp_path, **options) -> dict:
     return values
 
 
+def test_first_runs_gives_each_cell_a_point_and_leaves_the_rest(tiny_model_dir, toy_data_dir,
+                                                                tmp_path):
+    """first_runs: the base and each cell's first seed at its seeded rate, nothing else;
+    the rest of the plan stays (shown as later) and a rerun without it runs only that."""
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)
+    values["front"]["generate"] = "none"
+    firsts = ["cells/base", "cells/neft-6n-lr0.03-s1", "cells/lora-r2-lr0.01-s1",
+              "cells/full-s1"]
+    planned = compare({**values, "first_runs": True, "dry_run": True})["states"]
+    assert planned["pending"] == firsts
+    assert len(planned["later"]) == 2 * 2 + 2 * 2  # the fronts' other rates, seeds 2 and 3
+    assert compare({**values, "first_runs": True})["ran"] == firsts
+    rest = compare({**values, "dry_run": True})["states"]
+    assert rest["done"] == firsts and not rest["later"] and len(rest["pending"]) == 8
+
+
 def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(
         tiny_model_dir, toy_data_dir, tmp_path):
     values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)

@@ -80,6 +80,9 @@ class CompareConfig(DataOptions):
                                    "(default: the first neft cell)")
     cells: str | None = option("run only these cells of the grid (comma-separated names, as "
                                "in its table): a subset that shares the grid's folder and runs")
+    first_runs: bool = option("run only each cell's first run (its first seed at its seeded "
+                              "rate) and the base: a point per cell, soonest; rerun without "
+                              "it for the fronts' other rates and the other seeds", False)
     include_base: bool = option("also score the untrained model (no training, one run)", False)
     plot_metric: str | None = option("score on the plot's y axis (default: every table metric)")
     isolate: bool = option("run each run in its own process (own peak memory; a crash "
@@ -142,6 +145,7 @@ class Run:
     spec: dict[str, Any]
     seed: int | None = None
     learning_rate: float | None = None  # sweep runs: the value; cells: set from the sweep
+    first: bool = False  # a cell's first run: its first seed at its seeded rate
 
 
 @dataclass
@@ -163,6 +167,11 @@ class Plan:
 
     def all_runs(self) -> list[Run]:
         return [r for runs in self.sweeps.values() for r in runs] + self.runs
+
+    def runs_now(self, run: Run) -> bool:
+        """Whether this invocation runs ``run``: all, or with first_runs only the base,
+        the sweeps and each cell's first run (the rest stay in the plan, read when done)."""
+        return not self.config.first_runs or run.kind != "cell" or run.first
 
 
 def canonical(data: Any) -> Any:
@@ -431,7 +440,7 @@ def build_plan(config: CompareConfig) -> Plan:
             if front["generate"] == "none":  # a base without generation scores
                 base_spec["front"]["generate"] = "none"
         runs.append(Run("base", "base", os.path.join("cells", "base"), canonical(base_spec)))
-    for cell, seed, lr in _cell_runs(cells):
+    for position, (cell, seed, lr) in enumerate(_cell_runs(cells)):
         spec_lr: dict[str, Any] = {"source": cell.lr_source}
         if cell.sweep is not None:
             spec_lr.update(swept_on=cell.sweep.cell, values=cell.sweep.values,
@@ -446,7 +455,8 @@ def build_plan(config: CompareConfig) -> Plan:
         if front is not None:
             spec["front"] = front["spec"]
         runs.append(Run("cell", cell.name, os.path.join("cells", folder), canonical(spec), seed,
-                        None if cell.sweep else train["learning_rate"]))
+                        None if cell.sweep else train["learning_rate"],
+                        first=position < len(cells)))
     metrics = score_names(eval_options.get("metrics"))
     if config.plot_metric and config.plot_metric not in metrics:
         raise NeftError(f"plot_metric {config.plot_metric!r} is not among the scores "

@@ -314,7 +314,7 @@ class Grid:
         self.output_dir = plan.config.output_dir
         self.lock_fd = lock_fd
         generating = plan.front is not None and plan.front["generate"] == "best"
-        self.progress = Progress(self.output_dir, len(plan.all_runs())
+        self.progress = Progress(self.output_dir, sum(map(plan.runs_now, plan.all_runs()))
                                  + (len(plan.cells) if generating else 0))
         self.outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
         self.chosen: dict[str, float | None] = {}
@@ -325,7 +325,7 @@ class Grid:
                            f"{sum(len(r) for r in plan.sweeps.values())} lr sweep runs -> "
                            f"{self.output_dir}")
         try:
-            for run in plan.runs:
+            for run in filter(plan.runs_now, plan.runs):
                 if run.kind == "cell" and not self.prepare_cell(run):
                     continue
                 self.execute(run)
@@ -423,7 +423,8 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
     """Print every run with its state, and the time the rest needs at the pace of the
     finished runs (of the same cell where there are some); run nothing."""
     output_dir = plan.config.output_dir
-    states: dict[str, list[str]] = {"done": [], "changed": [], "partial": [], "pending": []}
+    states: dict[str, list[str]] = {"done": [], "changed": [], "partial": [], "pending": [],
+                                    "later": []}
     print(f"neft compare plan for {output_dir}:")
     timed = paced_runs(plan)
     for run, result, guess in timed:
@@ -431,6 +432,8 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
             state = "changed"
         elif result is not None:
             state = "done"
+        elif not plan.runs_now(run):  # first_runs: left for a run without it
+            state = "later"
         elif os.path.isdir(os.path.join(output_dir, run.folder)):
             state = "partial"
         else:
@@ -439,10 +442,12 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
         steps = run.spec.get("train", {}).get("max_steps", "-")
         more = f"  (~{guess / 60:.0f} min)" if state != "done" and guess is not None else ""
         print(f"  {state:<8} {run.folder:<40} {run.kind:<6} steps {steps}{more}")
-    left = _left(timed)
-    summary = ", ".join(f"{len(v)} {k}" for k, v in states.items())
+    left = _left(plan, timed)
+    summary = ", ".join(f"{len(v)} {k}" for k, v in states.items()
+                        if v or k != "later")
     if left is not None:
-        guessed = sum(result is None and guess is not None for _, result, guess in timed)
+        guessed = sum(result is None and guess is not None and plan.runs_now(run)
+                      for run, result, guess in timed)
         summary += (f"; about {left / 3600:.1f} h left for {guessed} of them at the pace of "
                     "the finished runs")
     print("  " + summary)
@@ -467,15 +472,18 @@ def paced_runs(plan: Plan) -> list[tuple[Run, dict[str, Any] | None, float | Non
     return paced
 
 
-def _left(timed: list[tuple[Run, dict[str, Any] | None, float | None]]) -> float | None:
-    known = [guess for _, result, guess in timed if result is None and guess is not None]
+def _left(plan: Plan, timed: list[tuple[Run, dict[str, Any] | None, float | None]]
+          ) -> float | None:
+    """Seconds the runs still to run here need (None before any run has finished)."""
+    known = [guess for run, result, guess in timed
+             if result is None and guess is not None and plan.runs_now(run)]
     return sum(known) if known else None
 
 
 def time_left(plan: Plan) -> float | None:
     """Seconds the unfinished runs need at the pace of the finished ones (None before any
     has finished); generation of best runs not counted."""
-    return _left(paced_runs(plan))
+    return _left(plan, paced_runs(plan))
 
 
 def compare(config_or_path: Any) -> dict[str, Any]:
