@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src"
 
-for grid in selection-en-de selection-sum-en-en massive-draws-en-de; do
+for grid in selection-en-de selection-sum-en-en massive-draws-en-de check-en-es; do
     if [ -d "benchmarks/results/grids/$grid" ]; then
         .venv/bin/python benchmarks/grid_records.py --restore "benchmarks/results/grids/$grid" \
             || exit 1
@@ -39,6 +39,10 @@ stage massive-draws-en-de                    # do the 130-200x units matter? (ma
 # The other candidates: each one's middle rate on both screens (a point against the default's
 # front), then their other rates and seeds.
 stage selection-en-de "" --first_runs
+# The default on a pair no choice was made on, with the recipe of docs/selection.md
+# ("Checking the default on your own pair or task"): en-es, its test split to confirm.
+stage selection-en-de "$lead,lora-r8" --data ../shared/data/ddtp/translation/en-es \
+    --target_lang es --output_dir outputs/compare/check-en-es
 stage selection-sum-en-en "" --first_runs
 stage selection-en-de
 stage selection-sum-en-en
