@@ -4,7 +4,8 @@
 #   git worktree add --detach ../wt-grid main && cd ../wt-grid && ln -s ../main/.venv .venv
 #   nohup benchmarks/screens.sh > ../screens.log 2>&1 &
 #   # before a working period ends, from the main checkout:
-#   .venv/bin/python benchmarks/grid_records.py ../wt-grid/outputs/compare/selection-en-de  # (and -sum-en-en)
+#   .venv/bin/python benchmarks/grid_records.py ../wt-grid/outputs/compare/selection-en-de
+#   # (and selection-sum-en-en, massive-draws-en-de, check-en-es: every grid restored below)
 #
 # Each stage is `neft compare --cells` on the whole screen's config, so every stage's runs are
 # the screen's own (docs/selection.md, "Running it in stages"). The runs recorded in
@@ -36,8 +37,8 @@ stage selection-sum-en-en "$lead"
 stage selection-en-de "$lead,lora-r8"        # LoRA r8's front at the lead's low drift
 stage selection-sum-en-en "$lead,lora-r8"
 stage massive-draws-en-de                    # do the 130-200x units matter? (massive_draws.md)
-# The other candidates: each one's middle rate on both screens (a point against the default's
-# front), then their other rates and seeds.
+# The other candidates: each one's middle rate on each screen (a point against the default's
+# front; the en-es check between the two screens), then their other rates and seeds.
 stage selection-en-de "" --first_runs
 # The default on a pair no choice was made on, with the recipe of docs/selection.md
 # ("Checking the default on your own pair or task"): en-es, its test split to confirm.

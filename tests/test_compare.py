@@ -202,7 +202,7 @@ def test_a_new_scorer_changes_only_neft_runs(finished_grid, tmp_path) -> None:
 
 
 def test_leaving_units_out_changes_only_the_runs_that_select(finished_grid, tmp_path) -> None:
-    """select_avoid shapes NeFT's neurons, never LoRA's runs; pinning the default
+    """select_avoid shapes NeFT's neurons, never LoRA's runs; pinning neft's default
     recomputes nothing ('none' is also what grids recorded before the option existed)."""
     from neft.select.massive import DEFAULT_AVOID
 

@@ -312,18 +312,36 @@ def front_grid(tiny_model_dir, toy_data_dir, tmp_path, **options) -> dict:
 
 def test_first_runs_gives_each_cell_a_point_and_leaves_the_rest(tiny_model_dir, toy_data_dir,
                                                                 tmp_path):
-    """first_runs: the base and each cell's first seed at its seeded rate, nothing else;
+    """first_runs: the base and each cell's first seed at its seeded rate, no generation;
     the rest of the plan stays (shown as later) and a rerun without it runs only that."""
-    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)
-    values["front"]["generate"] = "none"
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path)  # generate: best
     firsts = ["cells/base", "cells/neft-6n-lr0.03-s1", "cells/lora-r2-lr0.01-s1",
               "cells/full-s1"]
     planned = compare({**values, "first_runs": True, "dry_run": True})["states"]
     assert planned["pending"] == firsts
     assert len(planned["later"]) == 2 * 2 + 2 * 2  # the fronts' other rates, seeds 2 and 3
     assert compare({**values, "first_runs": True})["ran"] == firsts
+    assert not (tmp_path / "out" / "best").exists()  # a first run is not yet a cell's best
     rest = compare({**values, "dry_run": True})["states"]
     assert rest["done"] == firsts and not rest["later"] and len(rest["pending"]) == 8
+
+
+def test_a_best_run_overtaken_by_a_new_rate_is_generated_again(tiny_model_dir, toy_data_dir,
+                                                                 tmp_path):
+    """Generation scores each cell's best-dev-loss run; when a rate added later wins, the
+    old generation is stale and is redone, not reported as done earlier."""
+    from neft.experiments.compare.results import best_run, current
+
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, seeds=[1],
+                        methods=[{"method": "lora", "lora_r": 2, "learning_rates": [1e-4]}])
+    compare(values)
+    values["methods"][0]["learning_rates"] = [1e-4, 3e-2]
+    values["methods"][0]["learning_rate"] = 1e-4  # the seeded rate, as before
+    outcome = compare(values)
+    plan = build_plan(from_dict(CompareConfig, values))
+    best = best_run(plan, "lora-r2")
+    assert best.spec["of"] == "cells/lora-r2-lr0.03-s1"  # the new rate won
+    assert best.folder in outcome["ran"] and current(plan, best) is not None
 
 
 def test_front_grid_records_points_generates_best_runs_and_gives_verdicts(

@@ -7,7 +7,8 @@ Scorers live in one registry (registry.py; `register_scorer` adds one, with its 
 ``cosine`` (the paper, against a fine-tuned checkpoint), ``probe`` (the paper's short
 full fine-tuning, then cosine), ``reversed`` (the paper's ablation), ``random`` (the
 default: no scorer has beaten it, registry.DEFAULT_SCORER; by default every selection
-leaves out the massive-activation units, massive.DEFAULT_AVOID, which did beat it),
+leaves out the massive-activation units, massive.DEFAULT_AVOID, which did beat it, but
+method random, the control, does not),
 ``magnitude``, and ours:
 ``fast-probe`` (a few AdamW steps on the candidate matrices only, then cosine: the probe's
 selection at a tenth of its time and NeFT training's memory) and ``gradient`` (gradient

@@ -19,7 +19,8 @@ from ..errors import NeftError
 DEFAULT_RATIO = 40.0  # a round threshold, not tuned (SmolLM2-135M: 24 units at 41-463x)
 BATCHES, BATCH_SIZE = 8, 4
 SAMPLES = (32, 64)  # without task data: the model's own texts, count x tokens
-# What select_neurons, `neft select` and `neft train` leave out unless told: one place.
+# What select_neurons, `neft select` and `neft train` leave out unless told: one place
+# (`neft train --method random`, the control, leaves nothing out: Method.avoid).
 DEFAULT_AVOID: str | None = "massive"
 
 

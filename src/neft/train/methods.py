@@ -172,7 +172,8 @@ def prepare_ft_inout(model: nn.Module, spec: MethodSpec) -> nn.Module:
 register_method("neft", prepare_neft, budget="neurons",
                 help="neurons from a NeuronSet file, or selected on the fly by the scorer")
 register_method("random", prepare_neft, budget="neurons", scorer="random", avoid=None,
-                help="uniformly random neurons at the same budget (the control)")
+                help="random neurons at the same budget (the control: massive units "
+                     "not left out unless --select_avoid says so)")
 register_method("lora", prepare_lora, budget="lora_rank", help="peft's LoRA")
 register_method("full", prepare_full, saves_model=True, label="all")
 register_method("ft-inout", prepare_ft_inout, saves_model=True, label="all up/down")

@@ -81,8 +81,8 @@ class CompareConfig(DataOptions):
     cells: str | None = option("run only these cells of the grid (comma-separated names, as "
                                "in its table): a subset that shares the grid's folder and runs")
     first_runs: bool = option("run only each cell's first run (its first seed at its seeded "
-                              "rate) and the base: a point per cell, soonest; rerun without "
-                              "it for the fronts' other rates and the other seeds", False)
+                              "rate), the base and any lr sweep, and no generation: a point "
+                              "per cell, soonest; rerun without it for the rest", False)
     include_base: bool = option("also score the untrained model (no training, one run)", False)
     plot_metric: str | None = option("score on the plot's y axis (default: every table metric)")
     isolate: bool = option("run each run in its own process (own peak memory; a crash "

@@ -21,7 +21,7 @@ def grid_plan(folder: str, report: str = "compare.json") -> tuple[Plan, dict[str
     written = read_json(os.path.join(folder, report))
     # every cell: a grid run in stages (cells:) is read whole, as far as it got
     config = from_dict(CompareConfig, {**written["config"], "output_dir": folder,
-                                       "cells": None})
+                                       "cells": None, "first_runs": False})
     ran_in = _ran_in(folder, str(written["config"].get("output_dir") or ""))
     here = os.getcwd()
     try:

@@ -27,7 +27,7 @@ from ...data.records import load_records
 from ...errors import NeftError
 from .plan import CompareConfig, Plan, Run, build_plan, first_difference, selection_key
 from .report import format_lr, write_report
-from .results import best_run, load_result
+from .results import best_run, current, load_result
 from .worker import JOB_FILE, RESULT_FILE, RUN_LOG_FILE, run_job
 
 LOCK_FILE = "compare.lock"
@@ -330,7 +330,8 @@ class Grid:
                     continue
                 self.execute(run)
                 write_report(plan)  # after every cell run: a stopped grid has its table
-            if plan.front is not None and plan.front["generate"] == "best":
+            if (plan.front is not None and plan.front["generate"] == "best"
+                    and not self.config.first_runs):  # a first run is not yet the best
                 for cell in plan.cells:  # each cell's best-dev-loss run, by generation
                     best = best_run(plan, cell.name)
                     if best is not None:
@@ -341,9 +342,12 @@ class Grid:
                                "continue (an unfinished training resumes from its checkpoint)")
             raise
         report = write_report(plan)
+        later = sum(not plan.runs_now(r) and load_result(self.output_dir, r) is None
+                    for r in plan.runs)
+        left = f", {later} left for a run without --first_runs" if later else ""
         self.progress.line(f"finished: {len(self.outcome['ran'])} ran, "
                            f"{len(self.outcome['skipped'])} done earlier, "
-                           f"{len(self.outcome['failed'])} failed; report: {report}")
+                           f"{len(self.outcome['failed'])} failed{left}; report: {report}")
         return {**self.outcome, "report": report}
 
     def prepare_cell(self, run: Run) -> bool:
@@ -387,7 +391,7 @@ class Grid:
     def execute(self, run: Run) -> dict[str, Any] | None:
         """The run's result: read when finished earlier, else computed. None on failure."""
         plan, output_dir, progress = self.plan, self.output_dir, self.progress
-        result = load_result(output_dir, run)
+        result = current(plan, run)  # a best run's generation is stale once another run wins
         if result is not None:
             self.outcome["skipped"].append(run.folder)
             progress.line(f"{_describe(run)}: done earlier ({_summary(run, result, plan.metrics)})",
