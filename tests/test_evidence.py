@@ -326,6 +326,22 @@ def test_first_runs_gives_each_cell_a_point_and_leaves_the_rest(tiny_model_dir, 
     assert rest["done"] == firsts and not rest["later"] and len(rest["pending"]) == 8
 
 
+def test_first_runs_recomputes_only_the_runs_it_runs(tiny_model_dir, toy_data_dir, tmp_path):
+    """--first_runs --recompute_changed clears and reruns the first runs whose settings
+    changed; a changed later run keeps its files until a run that runs it."""
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, seeds=[1], include_base=False,
+                        methods=[{"method": "lora", "lora_r": 2, "learning_rates": [1e-3, 1e-2],
+                                  "learning_rate": 1e-3}])
+    compare(values)
+    later = tmp_path / "out" / "cells" / "lora-r2-lr0.01-s1" / "result.json"
+    before = later.read_bytes()
+    values["train"] = {**values["train"], "max_length": 48}
+    outcome = compare({**values, "first_runs": True, "recompute_changed": True})
+    assert outcome["ran"] == ["cells/lora-r2-lr0.001-s1"]
+    assert later.read_bytes() == before
+    assert "cells/lora-r2-lr0.01-s1" in compare({**values, "dry_run": True})["states"]["changed"]
+
+
 def test_a_best_run_overtaken_by_a_new_rate_is_generated_again(tiny_model_dir, toy_data_dir,
                                                                  tmp_path):
     """Generation scores each cell's best-dev-loss run; when a rate added later wins, the

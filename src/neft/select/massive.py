@@ -24,16 +24,17 @@ SAMPLES = (32, 64)  # without task data: the model's own texts, count x tokens
 DEFAULT_AVOID: str | None = "massive"
 
 
-def parse_avoid(avoid: str | None) -> float | None:
+def parse_avoid(avoid: str | None, also: str = "") -> float | None:
     """'massive' or 'massive:R' -> R, the multiple of the layer's median that counts;
-    None or 'none' -> None (nothing left out)."""
+    None or 'none' -> None (nothing left out). ``also`` names the caller's other values
+    in the error."""
     if avoid is None or avoid.lower() == "none":
         return None
     name, _, ratio = avoid.partition(":")
     if name != "massive":
         raise NeftError(f"avoid {avoid!r} is not known; use massive or massive:R (units "
                         f"whose mean |activation| is R x their layer's median, default "
-                        f"{DEFAULT_RATIO:g}), or none")
+                        f"{DEFAULT_RATIO:g}), " + (f"none or {also}" if also else "or none"))
     try:
         value = float(ratio) if ratio else DEFAULT_RATIO
     except ValueError:

@@ -177,7 +177,7 @@ class TrainConfig(DataOptions):
         if self.select_avoid == AUTO_AVOID:  # the method's own rule, where it selects here
             selecting = METHODS[self.method].selects_neurons and not self.neurons
             self.select_avoid = METHODS[self.method].avoid if selecting else None
-        if parse_avoid(self.select_avoid) is None:
+        if parse_avoid(self.select_avoid, also="auto (the method's own)") is None:
             self.select_avoid = None  # 'none' and None mean the same: one value in specs
         selects = METHODS[self.method].selects_neurons and not self.neurons
         for name in SELECTION_SHAPES:

@@ -279,6 +279,8 @@ def run_compare(plan: Plan) -> dict[str, Any]:
     config = plan.config
     check_data(plan)
     changed = changed_runs(plan)
+    if not config.dry_run:  # a run left for later (first_runs) is left as it is, too
+        changed = [(run, difference) for run, difference in changed if plan.runs_now(run)]
     if changed and not config.recompute_changed and not config.dry_run:
         run, difference = changed[0]
         more = f" (and {len(changed) - 1} more runs)" if len(changed) > 1 else ""
