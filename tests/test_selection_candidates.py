@@ -135,6 +135,39 @@ def test_a_layer_band_keeps_the_budget_inside_it():
         select_neurons(model, "magnitude", neurons=60, layers="lower:1", progress=False)
 
 
+@pytest.mark.parametrize("avoid", ["none", "massive"])
+def test_a_band_too_small_for_the_budget_fails_before_the_scoring(monkeypatch, avoid):
+    """A data scorer can run for an hour: the band is checked with the budget, first."""
+    import dataclasses
+
+    from neft.select.registry import SCORERS
+
+    def never(_: object) -> None:
+        raise AssertionError("scored before the band was checked")
+
+    monkeypatch.setitem(SCORERS, "snip", dataclasses.replace(SCORERS["snip"], fn=never))
+    with pytest.raises(NeftError, match="fewer than the budget"):
+        select_neurons(make_model("llama"), "snip", neurons=60, layers="lower:1",
+                       data=examples(), avoid=avoid, progress=False)
+
+
+def test_train_sizes_a_lora_budget_on_its_lora_target_modules(toy_data_dir):
+    """--match_lora with --lora_target_modules means in neft train what it means in neft
+    select: the parameters of that LoRA, so a comparison's neft and LoRA cells match."""
+    from neft.train import TrainConfig
+    from neft.train.methods import budget_parameters, select_for_training
+
+    model = make_model("llama")
+    config = TrainConfig(method="random", match_lora=1, lora_target_modules="q_proj, v_proj",
+                         select_avoid="none", train_file=toy_data_dir)
+    trained = select_for_training(model, config, dataset=None)
+    selected = select_neurons(model, "random", match_lora=1, avoid="none",
+                              lora_target_modules=["q_proj", "v_proj"], progress=False)
+    everywhere = select_neurons(model, "random", match_lora=1, avoid="none", progress=False)
+    assert trained.num_neurons() == selected.num_neurons() < everywhere.num_neurons()
+    assert budget_parameters(model, config) == trained.num_parameters()
+
+
 def test_train_passes_its_layer_band_to_the_selection(toy_data_dir):
     from neft.train import TrainConfig
     from neft.train.methods import select_for_training
@@ -163,7 +196,8 @@ def test_train_passes_its_quota_to_the_selection(toy_data_dir):
 
     assert per_layer(None) in ([8, 0], [0, 8])
     assert per_layer("layer") == [4, 4]  # equal pools, equal shares
-    with pytest.raises(NeftError, match="select_quota 'layers' is not known"):
+    assert per_layer("none") == per_layer(None)  # none: one global ranking, as for avoid
+    with pytest.raises(NeftError, match="quota 'layers' is not known"):
         TrainConfig(method="neft", select_quota="layers", train_file=toy_data_dir)
     with pytest.raises(NeftError, match="method lora selects none: drop --select_quota"):
         TrainConfig(method="lora", select_quota="layer", train_file=toy_data_dir)
@@ -248,6 +282,19 @@ def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
                        train_file=toy_data_dir).select_avoid is None
     assert TrainConfig(method="lora", select_avoid="None",
                        train_file=toy_data_dir).select_avoid is None
+
+
+def test_a_budget_that_needs_the_avoided_units_is_refused():
+    """Left out means never chosen: a budget that only fits with them fails in one line,
+    with one global ranking and within a quota's share."""
+    model = make_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[5].mul_(1000)
+    pool = sum(g.count for g in find_neuron_groups(model))
+    for quota in (None, "layer"):
+        with pytest.raises(NeftError, match="needs units that avoid leaves out"):
+            select_neurons(model, "random", neurons=pool - 1, data=examples(), quota=quota,
+                           avoid="massive", progress=False)
 
 
 def test_avoid_massive_without_data_needs_no_tokenizer(tmp_path):

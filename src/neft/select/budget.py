@@ -137,9 +137,7 @@ def choose(groups: list[NeuronGroup], scores: list[torch.Tensor], count: int,
 
     Ties keep pool order (stable sort), so equal scores give reproducible sets.
     """
-    if quota is not None and quota not in QUOTAS:
-        raise NeftError(f"quota={quota!r} is not known; use one of {', '.join(QUOTAS)} "
-                        "or none for one global ranking")
+    quota = parse_quota(quota)
     flat = torch.cat([s.double().flatten() for s in scores])
     owner = torch.repeat_interleave(torch.tensor([g.count for g in groups]))
     offsets = torch.tensor([0] + [g.count for g in groups]).cumsum(0)[:-1]
@@ -163,31 +161,47 @@ def choose(groups: list[NeuronGroup], scores: list[torch.Tensor], count: int,
             for i in range(len(groups)) if bool((chosen_owner == i).any())}
 
 
-def parse_layers(text: str, available: Sequence[int]) -> list[int]:
+def parse_layers(text: str, available: Sequence[int] | None = None) -> list[int]:
     """The layers a selection may use: 'A-B' (inclusive), '3,5,7', 'upper:N' (the top N
-    blocks: a band that also lets backward stop early) or 'lower:N'."""
-    present = sorted(set(available))
+    blocks: a band that also lets backward stop early) or 'lower:N'. Without
+    ``available`` (no model yet) only the spelling is checked, and [] comes back."""
+    present = sorted(set(available)) if available is not None else None
     spec = str(text).strip().replace(" ", "")
     try:
         if spec.startswith(("upper:", "lower:")):
             side, count = spec.split(":")
             n = int(count)
-            if not 1 <= n <= len(present):
+            if n < 1 or (present is not None and n > len(present)):
                 raise ValueError
-            chosen = present[-n:] if side == "upper" else present[:n]
+            chosen = [] if present is None else present[-n:] if side == "upper" else present[:n]
         else:
             chosen = []
             for part in filter(None, spec.split(",")):
                 low, _, high = part.partition("-")
                 chosen += range(int(low), int(high or low) + 1)
+            if not chosen:
+                raise ValueError
     except ValueError:
+        most = f"from 1 to {len(present)}" if present is not None else "of 1 or more"
         raise NeftError(f"layers {text!r}: write A-B, a list such as 3,5,7, or upper:N / "
-                        f"lower:N with N from 1 to {len(present)}") from None
+                        f"lower:N with N {most}") from None
+    if present is None:
+        return []
     missing = sorted(set(chosen) - set(present))
-    if missing or not chosen:
+    if missing:
         raise NeftError(f"layers {text!r}: the model's blocks are {present[0]}-{present[-1]}; "
-                        f"{missing[0] if missing else 'none'} is not one of them")
+                        f"{missing[0]} is not one of them")
     return sorted(set(chosen))
+
+
+def parse_quota(quota: str | None) -> str | None:
+    """A quota name, or None for one global ranking ('none' too, as for avoid)."""
+    if quota is None or quota.lower() == "none":
+        return None
+    if quota not in QUOTAS:
+        raise NeftError(f"quota {quota!r} is not known; use one of {', '.join(QUOTAS)}, or "
+                        "none for one global ranking")
+    return quota
 
 
 def band_groups(groups: Sequence[NeuronGroup], layers: str | None, count: int) -> list[int]:

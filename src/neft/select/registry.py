@@ -57,13 +57,16 @@ class ScoreInput:
 @dataclass(frozen=True)
 class Scorer:
     """One scorer. ``needs_data``: True (task data), False, or "without reference" (data
-    only when no reference checkpoint is given: reversed). ``defaults``: its knobs."""
+    only when no reference checkpoint is given: reversed). ``needs_reference``: it reads
+    a fine-tuned checkpoint (cosine), which only ``neft select`` takes. ``defaults``: its
+    knobs."""
 
     name: str
     fn: Callable[[ScoreInput], Scores]
     needs_data: bool | str = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     help: str = ""
+    needs_reference: bool = False
 
     def wants_data(self, has_reference: bool) -> bool:
         return self.needs_data is True or (self.needs_data == DATA_WITHOUT_REFERENCE
@@ -75,7 +78,7 @@ SCORERS: dict[str, Scorer] = {}
 
 def register_scorer(name: str, fn: Callable[[ScoreInput], Scores], *,
                     needs_data: bool | str = False, defaults: Mapping[str, Any] | None = None,
-                    help: str | None = None) -> Scorer:
+                    help: str | None = None, needs_reference: bool = False) -> Scorer:
     """Make ``fn`` selectable as ``name`` everywhere (a name used before is an error)."""
     if name in SCORERS:
         raise NeftError(f"scorer {name!r} is registered already")
@@ -83,7 +86,7 @@ def register_scorer(name: str, fn: Callable[[ScoreInput], Scores], *,
         raise NeftError(f"scorer {name!r}: needs_data must be True, False or "
                         f"{DATA_WITHOUT_REFERENCE!r}")
     text = help if help is not None else (fn.__doc__ or "").strip().split("\n")[0]
-    scorer = Scorer(name, fn, needs_data, dict(defaults or {}), text)
+    scorer = Scorer(name, fn, needs_data, dict(defaults or {}), text, needs_reference)
     SCORERS[name] = scorer
     return scorer
 
@@ -101,6 +104,15 @@ def check_scorer_options(name: str, options: Mapping[str, Any] | None) -> None:
     if unknown:
         hint = f"its options are {', '.join(known)}" if known else "it has no options"
         raise NeftError(f"scorer {name!r} has no option {unknown[0]!r}; {hint}")
+    for key, value in (options or {}).items():
+        default = known[key]
+        number = isinstance(default, int | float) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise NeftError(f"scorer {name!r}: {key} is a number (default {default}), "
+                            f"not {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise NeftError(f"scorer {name!r}: {key} is a word (default {default}), "
+                            f"not {value!r}")
 
 
 def scorer_settings(inp: ScoreInput, name: str) -> dict[str, Any]:

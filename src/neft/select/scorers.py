@@ -68,7 +68,7 @@ def score_magnitude(inp: ScoreInput) -> Scores:
     return scores, {"selects": "lowest L2 norm"}
 
 
-register_scorer("cosine", score_cosine,
+register_scorer("cosine", score_cosine, needs_reference=True,
                 help="vs --reference, a fine-tuned checkpoint (the paper)")
 register_scorer("random", score_random, help="uniform random (seeded): the default and the control")
 register_scorer("magnitude", score_magnitude, help="lowest L2 norm")

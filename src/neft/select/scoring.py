@@ -32,13 +32,12 @@ from ..errors import NeftError
 from . import datadriven as _datadriven  # noqa: F401 - registers probe, fast-probe, gradient
 from . import scorers as _scorers  # noqa: F401 - registers cosine, random, magnitude
 from .budget import (
-    QUOTAS,
     Budget,
     band_groups,
     choose,
     linear_shapes,
     lora_parameters,
-    parse_layers,
+    parse_quota,
     resolve_budget,
 )
 from .datadriven import prepare_examples
@@ -77,6 +76,7 @@ class NeuronScores:
         """The budget's best neurons; ``layers`` (see budget.parse_layers) keeps the
         selection to a band of blocks, the budget unchanged; ``avoid`` (group position ->
         positions in it, e.g. massive.massive_units) is never chosen."""
+        quota = parse_quota(quota)
         keep = band_groups(self.groups, layers, budget.neurons)
         scores = list(self.scores)
         for i, positions in (avoid or {}).items():
@@ -85,6 +85,12 @@ class NeuronScores:
         picked = choose([self.groups[i] for i in keep], [scores[i] for i in keep],
                         budget.neurons, quota)
         chosen = {keep[j]: indices for j, indices in picked.items()}
+        for i, positions in (avoid or {}).items():
+            if i in chosen and bool(torch.isin(chosen[i], positions).any()):
+                quota_text = f" (within each {quota}'s share)" if quota else ""
+                raise NeftError(f"a budget of {budget.neurons:,} neurons{quota_text} needs "
+                                "units that avoid leaves out: lower the budget, or pass "
+                                "avoid none")
         metadata = {**self.metadata, "budget": budget.to_dict(), "quota": quota or "global"}
         if layers is not None:
             metadata["layers"] = layers
@@ -126,9 +132,7 @@ def select_neurons(
     ``options``: as for ``score_neurons`` (reference, data, seed, steps, ...). The budget
     is checked before scoring, so a bad one fails fast.
     """
-    if quota is not None and quota not in QUOTAS:
-        raise NeftError(f"quota={quota!r} is not known; use one of {', '.join(QUOTAS)} "
-                        "or none for one global ranking")
+    quota = parse_quota(quota)
     known = [n for n in inspect.signature(score_neurons).parameters
              if n not in ("model", "scorer", "on_ready")]
     for name in options:
@@ -137,14 +141,14 @@ def select_neurons(
             raise NeftError(f"select_neurons has no option {name!r}"
                             + (f"; did you mean {close[0]!r}?" if close else
                                f"; known: {', '.join(known)}"))
+    check_scorer_options(scorer, options.get("scorer_options"))  # before a model is loaded
     spec = {"neurons": neurons, "percent": percent, "params": params, "match_lora": match_lora,
             "lora_target_modules": lora_target_modules}
     budgets: list[Budget] = []
 
     def check_budget(scores: NeuronScores) -> None:
         budgets.append(scores.budget(**spec))
-        if layers is not None:  # a bad band fails before the scoring, not after it
-            parse_layers(layers, [g.layer for g in scores.groups])
+        band_groups(scores.groups, layers, budgets[0].neurons)  # before the scoring
         if options.get("progress", True):
             logger.info("neft select: %s, budget %s, pool %s neurons", scorer,
                         budgets[0].describe(), f"{scores.metadata['candidate_pool']:,}")

@@ -116,15 +116,21 @@ def prepare_neft(model: nn.Module, spec: MethodSpec) -> nn.Module:
     return get_neft_model(model, config)
 
 
+def lora_targets(text: str) -> list[str] | None:
+    """--lora_target_modules as module names; None for all-linear (every linear layer but
+    lm_head, as peft reads it)."""
+    if text == "all-linear":
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def prepare_lora(model: nn.Module, spec: MethodSpec) -> nn.Module:
     """peft's LoRA, rank lora_r on lora_target_modules."""
     from peft import LoraConfig, get_peft_model
 
-    targets = spec.lora_target_modules
     lora = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha,
                       lora_dropout=spec.lora_dropout, task_type="CAUSAL_LM",
-                      target_modules=targets if targets == "all-linear"
-                      else [t.strip() for t in targets.split(",")])
+                      target_modules=lora_targets(spec.lora_target_modules) or "all-linear")
     try:
         wrapped = get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules the model does not have
@@ -183,11 +189,14 @@ for _peer in PEERS:  # PEFT's lora-mlp, SHiRA and Super-Tuning, sized to the nef
 
 
 def _budget(config: TrainConfig) -> dict[str, Any]:
+    """select_neurons' budget: a LoRA rank is sized on --lora_target_modules, as in
+    neft select and as the LoRA cells of a comparison train it."""
     if config.num_neurons is not None:
         return {"neurons": config.num_neurons}
     if config.percent is not None:
         return {"percent": config.percent}
-    return {"match_lora": config.match_lora}
+    return {"match_lora": config.match_lora,
+            "lora_target_modules": lora_targets(config.lora_target_modules)}
 
 
 def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> NeuronSet:
@@ -226,7 +235,8 @@ def budget_parameters(model: nn.Module, config: TrainConfig) -> int:
     peers are sized to."""
     budget = _budget(config)
     if "match_lora" in budget:
-        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"]),
+        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"],
+                                                 budget["lora_target_modules"]),
                   "lora_rank": budget["match_lora"]}
     return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget).parameters
 

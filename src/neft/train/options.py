@@ -12,7 +12,7 @@ from ..core.model import MODES
 from ..data.options import DataOptions
 from ..errors import NeftError
 from ..select import SCORERS
-from ..select.budget import QUOTAS
+from ..select.budget import parse_layers, parse_quota
 from ..select.massive import DEFAULT_AVOID, parse_avoid
 from ..select.registry import DEFAULT_SCORER, check_scorer_options
 from .methods import METHODS
@@ -113,14 +113,22 @@ class TrainConfig(DataOptions):
         self.check_data_options()
         choices = {"neft_mode": MODES, "scorer": tuple(SCORERS),
                    "lr_scheduler_type": tuple(t.value for t in SchedulerType)}
-        if self.select_quota is not None:
-            choices["select_quota"] = QUOTAS
+        self.select_quota = parse_quota(self.select_quota)
+        if self.select_layers is not None:
+            parse_layers(self.select_layers)  # the spelling; the model's blocks come later
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NeftError(f"{name} {getattr(self, name)!r} is not known; use one of "
                                 f"{', '.join(allowed)}")
         if self.scorer_options:
             check_scorer_options(self.scorer, self.scorer_options)
+        method = METHODS.get(self.method)
+        if (method is not None and method.selects_neurons and method.scorer is None
+                and SCORERS[self.scorer].needs_reference and not self.neurons):
+            raise NeftError(f"scorer {self.scorer} compares with a fine-tuned checkpoint, "
+                            "which a training run does not take: select first (neft select "
+                            f"--scorer {self.scorer} --reference PATH --output FILE), then "
+                            "pass --neurons FILE")
         if not self.output_dir:
             raise NeftError("output_dir is empty; pass --output_dir FOLDER")
         at_least = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
@@ -232,7 +240,12 @@ class TrainConfig(DataOptions):
         return ignored
 
     def refuse_ignored(self, given: Any) -> None:
-        """One line for the first option in ``given`` that this method would not read."""
+        """One line for the first option in ``given`` that this method would not read
+        (match_lora too when given beside the budget that wins over it)."""
+        given = list(given)
+        other = [name for name in ("num_neurons", "percent") if getattr(self, name) is not None]
+        if "match_lora" in given and other:
+            raise NeftError(f"give one budget: --match_lora or --{other[0]}, not both")
         ignored = self.ignored_options()
         for name in given:
             if name in ignored:

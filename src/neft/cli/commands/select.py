@@ -65,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--lora_target_modules", default=None,
                         help="comma-separated LoRA modules for --match_lora "
                              "(default: all linear layers but lm_head)")
-    parser.add_argument("--quota", choices=QUOTAS, default=None,
+    parser.add_argument("--quota", choices=(*QUOTAS, "none"), default=None,
                         help="rank per layer, per module kind, or per (layer, kind) instead of "
-                             "one global ranking (the paper)")
+                             "one global ranking (the paper; none)")
     parser.add_argument("--layers", default=None,
                         help="select only in these blocks: A-B, 3,5,7, upper:N or lower:N "
                              "(the budget unchanged)")
