@@ -2,14 +2,16 @@
 neurons, read as "does this selection beat random?", on every screen side by side.
 
     .venv/bin/python benchmarks/selection_study.py \
-        WT/outputs/compare/selection-en-de WT/outputs/compare/selection-sum-en-en
+        WT/outputs/compare/selection-en-de WT/outputs/compare/selection-sum-en-en \
+        --results benchmarks/results --overwrite
 
 For every cell X and drift set, X's standard point against the reference cell's front
 (random neurons in the screens): (a) dev loss at X's drift and (b) drift at X's dev loss,
 with the paired record bootstrap (and the seed spread where there are seeds). A cell
 beats random when at least one of these is resolved better and none resolved worse, on
 every grid (a win read on the line from the base, or past the reference's last point,
-is listed but not counted). Writes results/selection_study.{md,json,png}; a grid still
+is listed but not counted). Writes selection_study.{md,json,png} into the first grid's
+folder (--results for another; --overwrite to replace earlier pages); a grid still
 running is read as far as it got.
 """
 
@@ -22,12 +24,12 @@ import os
 from typing import Any
 
 from neft.core.io import atomic_text, save_figure, write_json
+from neft.errors import NeftError
 from neft.experiments.bench import machine
 from neft.experiments.compare.report import verdict_glance
 from neft.experiments.compare.results import current, grid_plan
 from neft.experiments.compare.verdicts import verdicts
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 MEASURES = ("loss at matched drift", "drift at matched loss")
 
 
@@ -35,19 +37,25 @@ def against_reference(grid: str, reference: str | None = None,
                       confirm: bool = False) -> dict[str, Any]:
     """Every cell's front verdicts against the grid's reference cell (or `reference`, one
     of its cells), and its progress; with `confirm`, on the grid's confirm split."""
-    plan, _ = grid_plan(grid)
+    if not os.path.isfile(os.path.join(grid, "compare.json")):
+        raise NeftError(f"{grid} has no compare.json: pass a neft compare output_dir (it "
+                        "writes compare.json when its first run has finished)")
+    plan, written = grid_plan(grid)
     if confirm:
         split = plan.front["confirm_split"] if plan.front else None
         if not split:
-            raise SystemExit(f"error: {grid} ran without front.confirm_split: nothing to "
-                             "confirm on")
+            raise NeftError(f"{grid} ran without front.confirm_split: nothing to confirm on; "
+                            "drop --confirm")
         plan = dataclasses.replace(plan, read_split=split)
     if reference is not None:
         if reference not in {c.name for c in plan.cells}:
-            raise SystemExit(f"error: {reference!r} is not a cell of {grid}; its cells: "
-                             + ", ".join(c.name for c in plan.cells))
+            raise NeftError(f"{reference!r} is not a cell of {grid}; its cells: "
+                            + ", ".join(c.name for c in plan.cells))
         plan = dataclasses.replace(plan, reference=reference)
-    done = sum(current(plan, run) is not None for run in plan.runs)
+    # the grid is read whole, as far as it got; its progress counts the cells last asked for
+    asked = {n.strip() for n in str(written["config"].get("cells") or "").split(",")} - {""}
+    counted = [run for run in plan.runs if not asked or run.kind != "cell" or run.cell in asked]
+    done = sum(current(plan, run) is not None for run in counted)
     found = verdicts(plan)
     rows: list[dict[str, Any]] = []
     if found is not None:
@@ -58,7 +66,7 @@ def against_reference(grid: str, reference: str | None = None,
                     rows += fronts.compare(cell, plan.reference)
     return {"grid": os.path.basename(os.path.normpath(grid)), "reference": plan.reference,
             "split": plan.read_split or plan.config.test_split,
-            "done": done, "planned": len(plan.runs), "rows": rows,
+            "done": done, "planned": len(counted), "config_runs": len(plan.runs), "rows": rows,
             "sets": found["sets"] if found else []}
 
 
@@ -145,9 +153,11 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
     for study in studies:
         state = ("complete" if study["done"] >= study["planned"]
                  else "still running: verdicts may move")
+        more = study.get("config_runs", study["planned"]) - study["planned"]
+        asked = f" of the cells last run ({more} more in its config)" if more > 0 else ""
         lines += [f"## {study['grid']}", "",
-                  f"{study['done']} of {study['planned']} runs finished ({state}); loss on "
-                  f"the `{study['split']}` split, against `{study['reference']}`.", ""]
+                  f"{study['done']} of {study['planned']} runs{asked} finished ({state}); "
+                  f"loss on the `{study['split']}` split, against `{study['reference']}`.", ""]
         if not study["rows"]:
             lines += ["No verdicts yet.", ""]
             continue
@@ -169,7 +179,10 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("grids", nargs="+", help="selection screen folders (with compare.json)")
-    parser.add_argument("--results", default=os.path.join(HERE, "results"))
+    parser.add_argument("--results", default=None,
+                        help="folder for the pages (default: the first grid's folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace pages of the same name already there")
     parser.add_argument("--name", default=None,
                         help="the pages' name (default: selection_study, with -confirm or "
                              "-vs-REFERENCE appended for those readings)")
@@ -192,8 +205,16 @@ def main() -> None:
     else:
         args.name = "selection_study" + ("-confirm" if args.confirm else "") + (
             f"-vs-{args.reference}" if args.reference else "")
-    studies = [against_reference(grid, args.reference, args.confirm) for grid in args.grids]
-    base = os.path.join(args.results, args.name)
+    base = os.path.join(args.results or args.grids[0], args.name)
+    try:
+        there = [base + ext for ext in (".md", ".json", ".png") if os.path.exists(base + ext)]
+        if there and not args.overwrite:
+            raise NeftError(f"{there[0]} already exists; pass --overwrite to replace it or "
+                            "--name / --results for other pages")
+        studies = [against_reference(grid, args.reference, args.confirm)
+                   for grid in args.grids]
+    except NeftError as error:
+        parser.exit(2, f"selection_study.py: error: {error}\n")
     text = markdown(studies, command, made, args.name)
     with atomic_text(base + ".md") as handle:
         handle.write(text)

@@ -326,6 +326,25 @@ def test_first_runs_gives_each_cell_a_point_and_leaves_the_rest(tiny_model_dir, 
     assert rest["done"] == firsts and not rest["later"] and len(rest["pending"]) == 8
 
 
+def test_compare_refuses_data_it_would_read_as_every_split(tiny_model_dir, toy_data_dir,
+                                                            tmp_path):
+    """One file would be train, dev and test alike; a missing confirm split names the
+    setting that asks for it. Both before any folder is made."""
+    import shutil
+
+    values = front_grid(tiny_model_dir, toy_data_dir, tmp_path, test_split="dev")
+    values["front"]["confirm_split"] = "test"
+    with pytest.raises(NeftError, match="is one file, which would serve as train, dev and test"):
+        compare({**values, "data": os.path.join(toy_data_dir, "train.jsonl"), "dry_run": True})
+    no_test = tmp_path / "no-test"
+    no_test.mkdir()
+    for split in ("train", "dev"):
+        shutil.copy(os.path.join(toy_data_dir, f"{split}.jsonl"), no_test)
+    with pytest.raises(NeftError, match="no test.jsonl .*it is front.confirm_split"):
+        compare({**values, "data": str(no_test)})
+    assert not (tmp_path / "out").exists()
+
+
 def test_first_runs_recomputes_only_the_runs_it_runs(tiny_model_dir, toy_data_dir, tmp_path):
     """--first_runs --recompute_changed clears and reruns the first runs whose settings
     changed; a changed later run keeps its files until a run that runs it."""
@@ -445,7 +464,7 @@ def load_benchmark(name: str):
 
 
 def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
-        tiny_model_dir, toy_data_dir, tmp_path):
+        tiny_model_dir, toy_data_dir, tmp_path, monkeypatch, capsys):
     """The records grid_records.py commits (no adapters) are enough to skip every run on
     another machine and to read the same verdicts, against any cell as reference, on the
     screen's split or on its confirm split."""
@@ -470,7 +489,7 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     assert copied["done"] == copied["planned"] == 5 and copied["rows"] == original["rows"]
     flipped = study.against_reference(str(records), "neft-6n")
     assert {r["reference"] for r in flipped["rows"]} == {"random-6n"}
-    with pytest.raises(SystemExit, match="not a cell"):
+    with pytest.raises(NeftError, match="not a cell"):
         study.against_reference(str(records), "lora-r8")
     # every point, the base's too, holds the confirm split's loss of a direct computation
     base = json.loads((records / "cells/base/points.json").read_text())[0]
@@ -492,6 +511,22 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     assert json.loads((partial / "points.json").read_text())
     assert keeper.restore_records(str(records), str(restored)) == 0
     assert not compare({**values, "output_dir": str(restored)})["ran"]
+    # a grid run for some cells counts those cells' runs in its progress
+    assert not compare({**values, "cells": "random-6n"})["ran"]
+    staged = study.against_reference(str(tmp_path / "out"))
+    assert staged["done"] == staged["planned"] == 3 and staged["rows"] == original["rows"]
+    # the pages land in the grid's folder, and are replaced only with --overwrite
+    monkeypatch.setattr("sys.argv", ["selection_study.py", str(records)])
+    study.main()
+    assert (records / "selection_study.md").is_file()
+    for argv, message in (([str(records)], "selection_study.md already exists; pass --overw"),
+                          ([str(tmp_path)], "has no compare.json: pass a neft compare outpu")):
+        monkeypatch.setattr("sys.argv", ["selection_study.py", *argv])
+        with pytest.raises(SystemExit) as stopped:
+            study.main()
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["selection_study.py", str(records), "--overwrite"])
+    study.main()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -589,6 +624,9 @@ def test_verdicts_say_when_they_rest_on_the_line_from_the_base_or_past_the_front
     past = fronts_with(0.6, 2.3)
     assert past["loss at matched drift"]["past_front"]
     assert past["loss at matched drift"]["delta"] == pytest.approx(2.3 - 2.2)
+    below = fronts_with(0.4, 2.1)  # a loss b's front never reaches: a win not measured
+    assert below["drift at matched loss"]["past_front"]
+    assert below["drift at matched loss"]["verdict"].startswith("better (the other front never")
 
 
 def test_the_selection_study_names_a_winner_only_without_a_resolved_loss():

@@ -416,7 +416,8 @@ def verdict_glance(rows: list[dict[str, Any]], sets: list[str], by: str = "other
                   "so the verdict rests on that line."]
     if any(r.get("past_front") for r in rows):
         lines += ["", "§: past the other cell's last front point, where its front is taken as "
-                  "flat: its runs, at the learning rates tried, reached no lower loss."]
+                  "flat: its runs, at the learning rates tried, reached no lower loss (a "
+                  "drift verdict there: they never reached this loss at all)."]
     return lines
 
 

@@ -66,9 +66,21 @@ def check_data(plan: Plan) -> None:
     for split, limit in used:
         seen = limits.get(split, 0)  # a split read twice: the larger of the two (None: all)
         limits[split] = None if None in (seen, limit) else max(seen, limit)
+    if os.path.isfile(config.data):  # load_records reads a file whole for any split
+        raise NeftError(f"data {config.data} is one file, which would serve as train, dev and "
+                        "test split alike: put train, dev and test files (e.g. train.jsonl, "
+                        "dev.jsonl, test.jsonl) in a folder and pass the folder")
+    confirm = plan.front["confirm_split"] if plan.front is not None else None
     for split, limit in limits.items():
-        load_records(config.data, split=split, field_map=config.field_map(), limit=limit,
-                     task=config.task)
+        try:
+            load_records(config.data, split=split, field_map=config.field_map(), limit=limit,
+                         task=config.task)
+        except NeftError as error:
+            if split != confirm or split in (config.train_split, config.dev_split,
+                                             config.test_split):
+                raise
+            raise NeftError(f"{error} (it is front.confirm_split, read only to confirm: add "
+                            f"that split, or copy the config without confirm_split)") from None
 
 
 @contextlib.contextmanager
@@ -456,6 +468,8 @@ def dry_run(plan: Plan, changed: set[str]) -> dict[str, Any]:
                       for run, result, guess in timed)
         summary += (f"; about {left / 3600:.1f} h left for {guessed} of them at the pace of "
                     "the finished runs")
+    elif states["pending"] or states["partial"] or states["changed"]:
+        summary += "; no time estimate until a run has finished here"
     print("  " + summary)
     return {"ran": [], "skipped": states["done"], "failed": [], "states": states,
             "report": None, "hours_left": None if left is None else left / 3600}

@@ -232,8 +232,8 @@ class Fronts:
             entry = {"reference": reference, "other": other, "drift_set": self.name,
                      "measure": kind, "at": at,
                      "from_base": self._from_base(measured, kind, at),
-                     "past_front": kind == "loss at matched drift"
-                     and bool(at > measured[0][-1]),
+                     "past_front": bool(at > measured[0][-1]) if kind.startswith("loss")
+                     else bool(at < measured[1][-1]),
                      "delta": delta if math.isfinite(delta) else None,
                      "seed_variance": seed_var,
                      "seed_variance_borrowed": (b["standard"][key] is None) != (
