@@ -53,7 +53,8 @@ class TrainConfig(DataOptions):
                                       "(R 40), or none; auto: the method's own, "
                                       f"{DEFAULT_AVOID or 'none'} for neft, none for random "
                                       "(the control)", AUTO_AVOID)
-    match_lora: int | None = option("budget: parameters of LoRA rank R on all linear layers", 8)
+    match_lora: int | None = option("budget: parameters of LoRA rank R on "
+                                    "--lora_target_modules (all linear layers)", 8)
     num_neurons: int | None = option("budget: this many neurons")
     percent: float | None = option("budget: % of all model parameters (the paper's unit)")
     neft_mode: str = option("compact (small deltas) or mask (the paper's gradient masking)",
