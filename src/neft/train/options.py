@@ -245,7 +245,7 @@ class TrainConfig(DataOptions):
         (match_lora too when given beside the budget that wins over it)."""
         given = list(given)
         other = [name for name in ("num_neurons", "percent") if getattr(self, name) is not None]
-        if "match_lora" in given and other:
+        if "match_lora" in given and self.match_lora is not None and other:
             raise NeftError(f"give one budget: --match_lora or --{other[0]}, not both")
         ignored = self.ignored_options()
         for name in given:
