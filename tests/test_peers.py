@@ -3,6 +3,9 @@ through the one set-up that `neft train` (so `neft compare`) and `neft bench` sh
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 from conftest import make_model
@@ -56,10 +59,14 @@ def test_bench_peers_at_neft_count() -> None:
     assert target.num_parameters() == neft["trainable"]
 
 
-def test_train_supertuning_mlp(tiny_model_dir, toy_data_dir, tmp_path) -> None:
-    """`neft train --method supertuning-mlp` at neft's count; the adapter is peft's."""
-    summary = train(config(tiny_model_dir, toy_data_dir, tmp_path, method="supertuning-mlp",
-                           max_steps=2, eval_steps=2))
+def test_train_supertuning_mlp(tiny_model_dir, toy_data_dir, tmp_path, monkeypatch) -> None:
+    """`neft train --method supertuning-mlp` at neft's count; the adapter is peft's, and
+    names its base as an absolute path however the base was typed."""
+    monkeypatch.chdir(os.path.dirname(tiny_model_dir))
+    summary = train(config(os.path.basename(tiny_model_dir), toy_data_dir, tmp_path,
+                           method="supertuning-mlp", max_steps=2, eval_steps=2))
     assert summary["global_step"] == 2
     assert abs(summary["trainable_parameters"] - 6 * 16) <= 2
     assert (tmp_path / "adapter_model.safetensors").is_file()
+    recorded = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert recorded["base_model_name_or_path"] == os.path.abspath(tiny_model_dir)

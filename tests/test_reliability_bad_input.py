@@ -184,6 +184,8 @@ CASES = [
     ("scorer option of the wrong type in select",
      [*SELECT[:4], "snip", *SELECT[5:], "--neurons", "3", "--data", "{d}", "--scorer_options",
       "batch_size=big"], r"scorer 'snip': batch_size is a number \(default 4\), not 'big'"),
+    ("LoRA option given to neuron training", T("--lora_alpha", "32"),
+     r"--lora_alpha is not used here \(method random is not LoRA\): drop it"),
     ("match_lora beside another budget", T("--match_lora", "4", method="neft"),
      r"give one budget: --match_lora or --num_neurons, not both"),
     ("budget above the pool", [*SELECT, "--neurons", "10000"],

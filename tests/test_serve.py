@@ -112,6 +112,16 @@ def test_export_cli_reports_sizes(saved: dict, capsys: pytest.CaptureFixture) ->
     # an earlier export may be replaced, with --overwrite only
     assert main(["export", "--adapter", saved["adapter"], "--output_dir", str(out),
                  "--model", saved["base"], "--overwrite"]) == 0
+    # the base given by --model is the one recorded, as a path that works from anywhere
+    os.chdir(saved["root"])
+    try:
+        assert main(["export", "--adapter", saved["adapter"], "--output_dir", "relative",
+                     "--model", "base"]) == 0
+    finally:
+        os.chdir(os.path.dirname(__file__))
+    recorded = json.loads((saved["root"] / "relative" / "adapter_config.json").read_text())
+    export_record = json.loads((saved["root"] / "relative" / "neft_export.json").read_text())
+    assert recorded["base_model_name_or_path"] == export_record["base_model"] == saved["base"]
 
 
 def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, pattern: str) -> None:

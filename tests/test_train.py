@@ -110,8 +110,8 @@ def test_sigterm_checkpoints_and_resume_ends_identical(tiny_model_dir, toy_data_
     with pytest.raises(NeftError, match="option learning_rate differs"):
         train(config(tiny_model_dir, f"{toy_data_dir}/train.jsonl", broken, resume=True,
                      **{**options, "learning_rate": 1e-3}))
-    resumed = train(config(tiny_model_dir, f"{toy_data_dir}/train.jsonl", broken, resume=True,
-                           **options))
+    resumed = train(config(tiny_model_dir, f"{toy_data_dir}//train.jsonl", f"{broken}/",
+                           resume=True, **options))  # the same paths, typed otherwise
     assert resumed["global_step"] == 5
     expected = load_file(straight / "adapter_model.safetensors")
     actual = load_file(broken / "adapter_model.safetensors")

@@ -48,7 +48,8 @@ def _base_type(annotation: Any) -> type:
     return annotation
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """argparse type for a yes/no flag written as in the dataclass options: true / false."""
     value = text.lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -116,7 +117,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = field.default if field.default is not dataclasses.MISSING else None
         flag = f"--{field.name}"
         if kind is bool:
-            target.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None,
+            target.add_argument(flag, type=parse_bool, nargs="?", const=True, default=None,
                                 help=f"{help_text} (default: {default})")
         else:
             types_ = {int: int, float: finite_float, dict: parse_options}
@@ -215,7 +216,7 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, bool):
             return value
         try:
-            return _parse_bool(str(value))
+            return parse_bool(str(value))
         except argparse.ArgumentTypeError:
             raise NeftError(f"option {name} must be true or false, not {value!r}") from None
     if kind in (int, float):

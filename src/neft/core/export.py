@@ -23,7 +23,13 @@ from .. import __version__
 from ..errors import NeftError
 from .card import CARD_NAME, lora_card
 from .io import atomic_save_file, check_output_dir, staged_folder, write_json, write_text
-from .loading import ensure_embedded_model, is_embedded, load_adapter_base, load_model
+from .loading import (
+    ensure_embedded_model,
+    is_embedded,
+    load_adapter_base,
+    load_model,
+    recorded_name,
+)
 from .model import CONFIG_NAME, WEIGHTS_NAME, NeftModel
 from .neuron_set import NeuronSet, read_safetensors
 from .neurons import is_conv1d, linear_shape, model_fingerprint
@@ -168,7 +174,7 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
     pattern = {path: r for path, r in ranks.items() if r != top}
     lora_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": config.get("base_model_name_or_path") or base,
+        "base_model_name_or_path": recorded_name(model) if model else base,
         "r": top, "lora_alpha": top, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
         "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none",
         "fan_in_fan_out": bool(conv1d), "use_rslora": False, "use_dora": False,
@@ -206,15 +212,17 @@ def _delta(tensors: dict[str, torch.Tensor], path: str, axis: str, shape: tuple[
     return delta
 
 
-def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool = False) -> str:
+def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool = False,
+          trust_remote_code: bool = False) -> str:
     """The base model with the adapter's deltas added (exact), saved whole with its
     tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`)."""
     base_name = model_name or NeftModel.saved_base_name(adapter)
     _check_export_dir(output_dir, overwrite, [adapter, base_name], "merged")
     if model_name is None:
-        base, tokenizer = load_adapter_base(base_name, adapter)
+        base, tokenizer = load_adapter_base(base_name, adapter,
+                                            trust_remote_code=trust_remote_code)
     else:
-        base, tokenizer = load_model(model_name)
+        base, tokenizer = load_model(model_name, trust_remote_code=trust_remote_code)
     merged = NeftModel.from_pretrained(base, adapter).merge_and_unload()
     with staged_folder(output_dir) as staging:
         merged.save_pretrained(staging)
@@ -232,7 +240,8 @@ def _check_export_dir(output_dir: str, overwrite: bool, inputs: list[str],
 def _write_record(folder: str, format: str, adapter: str, base: str) -> None:
     """What the folder was made from: provenance, and the mark --overwrite looks for."""
     write_json(os.path.join(folder, EXPORT_RECORD),
-               {"format": format, "adapter": os.path.abspath(adapter), "base_model": base,
+               {"format": format, "adapter": os.path.abspath(adapter),
+                "base_model": recorded_name(base) if base else base,
                 "neft_version": __version__})
 
 
@@ -246,7 +255,7 @@ def export(adapter_dir: str, output_dir: str, format: str = "lora", *, model: st
         if max_rank is not None:
             raise NeftError("--max_rank is for --format lora; a merged model has no rank")
         check_neft_adapter(adapter_dir)
-        merge(model, adapter_dir, output_dir, overwrite)
+        merge(model, adapter_dir, output_dir, overwrite, trust_remote_code)
         return {"output_dir": output_dir, "format": "merged"}
     return {**export_lora(adapter_dir, output_dir, model=model, max_rank=max_rank,
                           overwrite=overwrite, trust_remote_code=trust_remote_code),

@@ -138,8 +138,13 @@ def prepare_lora(model: nn.Module, spec: MethodSpec) -> nn.Module:
         raise NeftError(f"LoRA cannot be applied: {text.splitlines()[0] if text else exc!r}"
                         "; name lora_target_modules as in model.named_modules() (e.g. "
                         "q_proj,v_proj) or use all-linear") from exc
+    return _record_base(wrapped, spec)
+
+
+def _record_base(wrapped: nn.Module, spec: MethodSpec) -> nn.Module:
+    """A peft adapter that works from any working directory (peft records the path as
+    typed)."""
     if spec.base_model_name_or_path is not None:
-        # the adapter works from any working directory (peft records the path as typed)
         wrapped.peft_config["default"].base_model_name_or_path = recorded_name(
             spec.base_model_name_or_path)
     return wrapped
@@ -160,7 +165,7 @@ def peer_method(name: str) -> Callable[[nn.Module, MethodSpec], nn.Module]:
         if spec.budget_parameters is None:
             raise NeftError(f"method {name} is sized to a neft budget: pass its parameter "
                             "count (spec.budget_parameters)")
-        return apply_peer(model, name, spec.budget_parameters, spec.seed)
+        return _record_base(apply_peer(model, name, spec.budget_parameters, spec.seed), spec)
 
     return prepare
 

@@ -238,6 +238,15 @@ class TrainConfig(DataOptions):
             ignored.update(dict.fromkeys(("scorer", "scorer_options"),
                                          f"method {self.method} always uses scorer "
                                          f"{method.scorer}"))
+        if self.method != "lora":
+            sized = " (its rank follows the budget)" if method.budget == "parameters" else ""
+            ignored.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout"),
+                                         f"method {self.method} is not LoRA{sized}"))
+            sizes = (method.budget in ("neurons", "parameters") and not self.neurons
+                     and self.num_neurons is None and self.percent is None)
+            if not sizes:  # it sizes a --match_lora budget, and nothing else
+                ignored["lora_target_modules"] = (f"method {self.method} trains no LoRA and "
+                                                  "has no --match_lora budget here")
         return ignored
 
     def refuse_ignored(self, given: Any) -> None:

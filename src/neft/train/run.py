@@ -49,7 +49,9 @@ LOG_FILE = "training_log.json"
 PLOT_FILE = "loss_curve.png"
 # Options that may differ between a run and its resumption.
 RESUME_FREE = ("resume", "overwrite", "max_steps", "num_train_epochs", "save_steps",
-               "eval_steps", "logging_steps")
+               "eval_steps", "logging_steps", "output_dir")  # the folder names itself
+# Options that name files: the same file however it is typed (a trailing slash, ../x).
+PATH_OPTIONS = ("model", "train_file", "eval_file", "neurons", "fsdp_config", "deepspeed")
 
 
 
@@ -103,12 +105,23 @@ def prepare_output_dir(config: TrainConfig) -> bool:
         raise NeftError(f"output_dir {path} already holds a run; pass --resume to continue it "
                         "or --overwrite to replace it")
     current = config.to_dict()
-    changed = [k for k in current if k not in RESUME_FREE and previous.get(k) != current[k]]
+    changed = [k for k in current if k not in RESUME_FREE
+               and not _same_option(k, previous.get(k), current[k])]
     if changed:
         raise NeftError(f"--resume: option {changed[0]} differs from the run in {path} "
                         f"({previous.get(changed[0])!r} vs {current[changed[0]]!r}); resume "
                         "with the same options or use --overwrite")
     return any(name.startswith("checkpoint-") for name in os.listdir(path))
+
+
+def _same_option(name: str, before: Any, now: Any) -> bool:
+    if before == now:
+        return True
+    if name not in PATH_OPTIONS or not isinstance(before, str) or not isinstance(now, str):
+        return False
+    if os.path.normpath(before) == os.path.normpath(now):
+        return True
+    return os.path.exists(before) and os.path.exists(now) and os.path.samefile(before, now)
 
 
 def _occupied(path: str) -> bool:

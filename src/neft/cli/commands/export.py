@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ...config import parse_bool
 from ...core.export import FORMATS, VLLM_RANKS, export
 
 
@@ -23,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max_rank", type=int, default=None,
                         help="lora: pad every module's rank to this with zeros (an engine's "
                              f"fixed rank; vLLM: {', '.join(map(str, VLLM_RANKS))})")
-    parser.add_argument("--trust_remote_code", action="store_true",
-                        help="allow the base model's own config code from the hub")
+    parser.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True,
+                        default=False, help="allow the base model's own code (true / false, "
+                                            "as in neft train)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export in output_dir")
     parser.set_defaults(func=run)

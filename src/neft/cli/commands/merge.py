@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ...config import parse_bool
 from ...core.export import merge
 
 
@@ -16,11 +17,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="base model (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--adapter", required=True, help="adapter folder from `neft train`")
     parser.add_argument("--output_dir", required=True, help="where the merged model goes")
+    parser.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True,
+                        default=False, help="allow the base model's own code (true / false, "
+                                            "as in neft train)")
     parser.add_argument("--overwrite", action="store_true", help="replace output_dir")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = merge(args.model, args.adapter, args.output_dir, args.overwrite)
+    path = merge(args.model, args.adapter, args.output_dir, args.overwrite,
+                 trust_remote_code=args.trust_remote_code)
     print(f"merged model written to {path}")
     return 0
