@@ -195,10 +195,15 @@ def test_export_merged_is_neft_merge(tiny_model_dir: str, tmp_path: Path) -> Non
     adapter = str(tmp_path / "adapter")
     assert main(["export", "--adapter", adapter, "--format", "merged",
                  "--output_dir", str(tmp_path / "a")]) == 0
-    assert main(["merge", "--adapter", adapter, "--output_dir", str(tmp_path / "b")]) == 0
+    assert main(["merge", "--adapter", adapter, "--output_dir", str(tmp_path / "b"),
+                 "--trust_remote_code", "false"]) == 0
     a = load_file(tmp_path / "a" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from neft.evaluate.load import load_for_eval
+
+    with pytest.raises(NeftError, match="is adapter .* merged already"):  # not twice
+        load_for_eval(str(tmp_path / "b"), adapter)
 
 
 # ----------------------------------------------------------------------------- cards

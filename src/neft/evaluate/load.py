@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.export import EXPORT_RECORD
+from ..core.io import read_json
 from ..core.loading import (
     EMBEDDED_NAMES,
     EMBEDDED_ORIGIN,
@@ -25,6 +27,19 @@ from ..errors import NeftError
 def _is_adapter_only(path: str) -> bool:
     return (os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
             and not os.path.isfile(os.path.join(path, "config.json")))
+
+
+def _refuse_merged_twice(model: str, adapter: str) -> None:
+    """A model `neft merge` made from this adapter holds its deltas already."""
+    record = os.path.join(model, EXPORT_RECORD)
+    if not os.path.isfile(record):
+        return
+    made = read_json(record)
+    source = made.get("adapter")
+    if (made.get("format") == "merged" and isinstance(source, str) and os.path.isdir(source)
+            and os.path.isdir(adapter) and os.path.samefile(source, adapter)):
+        raise NeftError(f"model {model} is adapter {adapter} merged already "
+                        f"({EXPORT_RECORD}): drop --adapter, or pass the base model")
 
 
 def load_for_eval(
@@ -44,6 +59,8 @@ def load_for_eval(
     if model and adapter is None and _is_adapter_only(os.path.expanduser(model)):
         model, adapter = None, model
     saved = read_adapter_config(os.path.expanduser(adapter), peft=True) if adapter else {}
+    if model and adapter:
+        _refuse_merged_twice(os.path.expanduser(model), os.path.expanduser(adapter))
     base = model or saved.get("base_model_name_or_path") or EMBEDDED_NAMES[0]
     if base == EMBEDDED_ORIGIN:
         base = EMBEDDED_NAMES[0]
