@@ -40,9 +40,14 @@ stage massive-draws-en-de                    # do the 130-200x units matter? (ma
 # The other candidates: each one's middle rate on each screen (a point against the default's
 # front; the en-es check between the two screens), then their other rates and seeds.
 stage selection-en-de "" --first_runs
-# The default on a pair no choice was made on, with the recipe of docs/selection.md
-# ("Checking the default on your own pair or task"): en-es, its test split to confirm.
-stage selection-en-de "$lead,lora-r8" --data ../shared/data/ddtp/translation/en-es \
+# drift-aware's en-de point drifted less than the default's front at its loss (2026-12-07):
+# its front (4 rates) and seeds on both screens, before anything else.
+challenger=neft-drift-aware-lora8
+stage selection-en-de "$lead,$challenger"
+stage selection-sum-en-en "$lead,$challenger"
+# The default (and the challenger) on a pair no choice was made on, with the recipe of
+# docs/selection.md ("Checking the default on your own pair or task"): en-es, test confirms.
+stage selection-en-de "$lead,lora-r8,$challenger" --data ../shared/data/ddtp/translation/en-es \
     --target_lang es --output_dir outputs/compare/check-en-es
 stage selection-sum-en-en "" --first_runs
 stage selection-en-de
