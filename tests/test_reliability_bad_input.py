@@ -184,6 +184,9 @@ CASES = [
     ("scorer option of the wrong type in select",
      [*SELECT[:4], "snip", *SELECT[5:], "--neurons", "3", "--data", "{d}", "--scorer_options",
       "batch_size=big"], r"scorer 'snip': batch_size is a number \(default 4\), not 'big'"),
+    ("split of a single training file", T("--eval_split", "test", data="{d}/train.jsonl"),
+     r"--eval_split is not used here \(--train_file .*train\.jsonl is one file, with no splits; "
+     r"pass --eval_file FILE to evaluate\)"),
     ("LoRA option given to neuron training", T("--lora_alpha", "32"),
      r"--lora_alpha is not used here \(method random is not LoRA\): drop it"),
     ("match_lora beside another budget", T("--match_lora", "4", method="neft"),
