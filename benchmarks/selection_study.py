@@ -153,7 +153,7 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
     for study in studies:
         state = ("complete" if study["done"] >= study["planned"]
                  else "still running: verdicts may move")
-        more = study.get("config_runs", study["planned"]) - study["planned"]
+        more = study["config_runs"] - study["planned"]
         asked = f" of the cells last run ({more} more in its config)" if more > 0 else ""
         lines += [f"## {study['grid']}", "",
                   f"{study['done']} of {study['planned']} runs{asked} finished ({state}); "

@@ -39,7 +39,7 @@ def run(command: list[str], env: dict[str, str] | None = None) -> None:
 
 def common_args(tiny_model_dir: str, toy_data_dir: str) -> list[str]:
     return ["train", "--model", tiny_model_dir, "--train_file",
-            os.path.join(toy_data_dir, "train.jsonl"), "--train_split", "none",
+            os.path.join(toy_data_dir, "train.jsonl"),
             "--method", "random", "--num_neurons", "6", "--max_steps", "3",
             "--learning_rate", "1e-2", "--max_length", "64", "--logging_steps", "1",
             "--bf16", "false"]  # fp32 on GPUs too, for the tolerance

@@ -239,9 +239,8 @@ class TrainConfig(DataOptions):
                                          f"method {self.method} always uses scorer "
                                          f"{method.scorer}"))
         if self.train_file and os.path.isfile(os.path.expanduser(self.train_file)):
-            if str(self.train_split).lower() != "none":  # none says so, and is fine
-                ignored["train_split"] = f"--train_file {self.train_file} is one file, read whole"
-            if not self.eval_file and str(self.eval_split).lower() != "none":
+            ignored["train_split"] = f"--train_file {self.train_file} is one file, read whole"
+            if not self.eval_file:
                 ignored["eval_split"] = (f"--train_file {self.train_file} is one file, with no "
                                          "splits; pass --eval_file FILE to evaluate")
         if self.method != "lora":
