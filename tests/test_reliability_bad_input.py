@@ -245,6 +245,20 @@ CASES = [
     ("eval comet without its checkpoint", ["eval", "--model", "{m}", "--data", "{d}",
                                            "--metrics", "bleu,comet"],
      r"metric comet needs a local COMET checkpoint: pass --comet_model PATH"),
+    ("eval --base_model without drift", ["eval", "--model", "{m}", "--data", "{d}",
+                                         "--base_model", "{m}"],
+     r"--base_model is not used here \(the default metrics \(bleu,chrf,rouge\): no drift\): "
+     r"drop it"),
+    ("eval --comet_model without comet", ["eval", "--model", "{m}", "--data", "{d}",
+                                          "--metrics", "bleu", "--comet_model", "{d}"],
+     r"--comet_model is not used here \(--metrics bleu: no comet\)"),
+    ("eval generation flags with loss only", ["eval", "--model", "{m}", "--data", "{d}",
+                                              "--metrics", "loss", "--max_new_tokens", "8"],
+     r"--max_new_tokens is not used here \(--metrics loss: no answer is generated\)"),
+    ("eval --max_length without loss or drift", ["eval", "--model", "{m}", "--data", "{d}",
+                                                 "--max_length", "64"],
+     r"--max_length is not used here \(the default metrics \(bleu,chrf,rouge\): neither "
+     r"loss nor drift\)"),
     ("LoRA adapter given to merge", [*MERGE, "--adapter", "{lora}"],
      r"is a LORA adapter, not a neft one"),
     # output folders

@@ -237,6 +237,25 @@ def test_avoid_massive_checks_the_budget_before_its_pass(monkeypatch):
                        progress=False)
 
 
+@pytest.mark.parametrize(("scorer", "avoid", "band"), [
+    ("random", "massive", None), ("snip", "none", None), ("snip", "massive", "lower:1")])
+def test_a_bad_budget_fails_before_a_model_path_is_loaded(monkeypatch, tiny_model_dir,
+                                                          toy_data_dir, scorer, avoid, band):
+    """From a folder, the budget and band are read off a weightless model: a 7B model is
+    not loaded for minutes to be told the budget was too large."""
+    import neft.select.scoring as scoring
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("loaded before the budget was checked")
+
+    monkeypatch.setattr(scoring, "load_model", never)
+    data = toy_data_dir if scorer == "snip" else None
+    budget = {"neurons": 60} if band else {"neurons": 10**6}
+    with pytest.raises(NeftError, match="fewer than the budget" if band else "exceeds"):
+        select_neurons(tiny_model_dir, scorer, **budget, layers=band, data=data, avoid=avoid,
+                       progress=False)
+
+
 def test_avoid_massive_leaves_out_a_planted_massive_unit(toy_data_dir):
     """A unit whose up_proj row is scaled 1000x dwarfs its layer's activations: with
     avoid=massive no selection trains it (its up row nor its down column), whatever the

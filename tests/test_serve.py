@@ -235,6 +235,10 @@ def test_adapter_card(tmp_path: Path) -> None:
                    "final training loss: 1.2500", "best dev loss: 1.5000",
                    "NeftModel.from_pretrained", "neft export --adapter", "PeftModel"):
         assert wanted in text, wanted
+    # a reload saved again keeps the training section (its steps and losses)
+    reloaded = NeftModel.from_pretrained(make_model("llama"), tmp_path / "adapter")
+    reloaded.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "README.md").read_text() == text
     # loading ignores the card; an adapter without one (older neft) loads too
     (tmp_path / "adapter" / "README.md").write_text("not yaml at all: [")
     NeftModel.from_pretrained(make_model("llama"), tmp_path / "adapter")

@@ -14,6 +14,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import yaml
@@ -187,6 +188,14 @@ def given_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
         if given is not None:
             values[field.name] = given
     return values
+
+
+def refuse_ignored(given: Iterable[str], ignored: Mapping[str, str]) -> None:
+    """One line for the first option in ``given`` that the run would not read (``ignored``:
+    name -> why); a flag meant for another setting is a mistake, not a no-op."""
+    for name in given:
+        if name in ignored:
+            raise NeftError(f"--{name} is not used here ({ignored[name]}): drop it")
 
 
 def build_config(cls: type[T], args: argparse.Namespace) -> T:

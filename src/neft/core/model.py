@@ -354,6 +354,8 @@ class NeftModel(nn.Module):
                       num_parameters=self.neurons.num_parameters(),
                       neuron_summary=self.neurons.summary(),
                       neuron_metadata=self.neurons.metadata)
+        if self.training_info:  # kept for the card of a reload saved again
+            config["training"] = self.training_info
         if config.get("base_model_name_or_path") is None:
             config["base_model_name_or_path"] = getattr(
                 getattr(self.base_model, "config", None), "_name_or_path", None)
@@ -465,6 +467,7 @@ class NeftModel(nn.Module):
                             base_model_name_or_path=saved.get("base_model_name_or_path"))
         flags = [(p, p.requires_grad) for p in model.parameters()]
         wrapped = cls(model, config)
+        wrapped.training_info = dict(saved.get("training") or {})
         try:
             wrapped.load_adapter_weights(adapter_dir)
         except BaseException:

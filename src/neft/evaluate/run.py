@@ -214,6 +214,28 @@ class EvalConfig(DataOptions):
                             f"such as {os.path.join(self.output_file, 'eval.json')}")
 
 
+    def ignored_options(self) -> dict[str, str]:
+        """The options these metrics never read, each with the reason (`neft eval` refuses
+        them when given: --base_model without drift is a forgotten metric, not a no-op)."""
+        chosen = parse_metrics(self.metrics)
+        kinds = {METRICS[name].kind for name in chosen}
+        shown = (f"--metrics {','.join(chosen)}" if self.metrics else
+                 f"the default metrics ({','.join(chosen)})")
+        ignored: dict[str, str] = {}
+        if "generation" not in kinds:
+            ignored.update(dict.fromkeys(
+                ("max_new_tokens", "no_repeat_ngram_size", "stop_at_newline"),
+                f"{shown}: no answer is generated"))
+        if "likelihood" not in kinds:
+            ignored["max_length"] = f"{shown}: neither loss nor drift"
+        if "drift" not in chosen:
+            ignored.update(dict.fromkeys(("base_model", "drift_data"),
+                                         f"{shown}: no drift"))
+        if "comet" not in chosen:
+            ignored["comet_model"] = f"{shown}: no comet"
+        return ignored
+
+
 def drift_base(config: EvalConfig, described: Mapping[str, Any]) -> str:
     """The model drift is measured from: --base_model, else an adapter's base, else the
     base that a `neft train` output folder (full fine-tuning) records in neft_run.json."""

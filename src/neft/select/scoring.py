@@ -146,9 +146,19 @@ def select_neurons(
             "lora_target_modules": lora_target_modules}
     budgets: list[Budget] = []
 
+    def budget_of(scores: NeuronScores) -> Budget:
+        budget = scores.budget(**spec)
+        band_groups(scores.groups, layers, budget.neurons)
+        return budget
+
+    if isinstance(model, str):  # a bad budget fails before minutes of loading a model
+        skeleton = model_skeleton(model)
+        if skeleton is not None:
+            budget_of(unscored(skeleton, options.get("target_modules"),
+                               options.get("include_gate", False)))
+
     def check_budget(scores: NeuronScores) -> None:
-        budgets.append(scores.budget(**spec))
-        band_groups(scores.groups, layers, budgets[0].neurons)  # before the scoring
+        budgets.append(budget_of(scores))  # before the scoring
         if options.get("progress", True):
             logger.info("neft select: %s, budget %s, pool %s neurons", scorer,
                         budgets[0].describe(), f"{scores.metadata['candidate_pool']:,}")
@@ -237,13 +247,12 @@ def score_neurons(
     model_name = model if isinstance(model, str) else (
         getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
     model, weights, tokenizer = open_model(model, tokenizer, needs_data)
-    groups = find_neuron_groups(model, target_modules, include_gate)
-    metadata: dict[str, Any] = {
-        "scorer": scorer, "seed": seed, "base_model": model_name,
-        "base_fingerprint": model_fingerprint(model), "model_parameters": count_parameters(model),
-        "candidate_pool": pool_size(groups), "include_gate": include_gate,
-        "target_modules": dict(target_modules) if target_modules else "preset"}
-    result = NeuronScores(groups, [], metadata, linear_shapes(model))
+    result = unscored(model, target_modules, include_gate)
+    metadata = result.metadata
+    metadata.update({"scorer": scorer, "seed": seed, "base_model": model_name,
+                     "base_fingerprint": model_fingerprint(model), "include_gate": include_gate,
+                     "target_modules": dict(target_modules) if target_modules else "preset"})
+    groups = result.groups
     if on_ready is not None:
         on_ready(result)
 
@@ -268,6 +277,16 @@ def score_neurons(
     return result
 
 
+def unscored(model: nn.Module, target_modules: Mapping[str, str] | None,
+             include_gate: bool) -> NeuronScores:
+    """The model's candidate neurons, not scored yet: enough for a budget (a weightless
+    model will do)."""
+    groups = find_neuron_groups(model, target_modules, include_gate)
+    return NeuronScores(groups, [], {"model_parameters": count_parameters(model),
+                                     "candidate_pool": pool_size(groups)},
+                        linear_shapes(model))
+
+
 def task_examples(model: nn.Module, data: Any, tokenizer: Any, task: str, max_length: int,
                   limit: int | None) -> Sequence[Mapping[str, Any]]:
     """The task data tokenized for a pass of the model, refused in one line when an example
@@ -279,6 +298,34 @@ def task_examples(model: nn.Module, data: Any, tokenizer: Any, task: str, max_le
     return examples
 
 
+def local_folder(model: str) -> str:
+    return ensure_embedded_model() if is_embedded(model) else os.path.expanduser(model)
+
+
+def model_skeleton(model: str) -> nn.Module | None:
+    """The model built without weights (on the meta device) from a local safetensors
+    folder's config, in a fraction of a second; None for anything else (a hub name, .bin
+    weights), which only loading can tell about."""
+    folder = local_folder(model)
+    if not (os.path.isdir(folder) and any(f.endswith(".safetensors")
+                                          for f in os.listdir(folder))):
+        return None
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:  # the hub's model code never runs here (no flag to allow it in select)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise NeftError(f"model {model} needs its own Python code (auto_map) to load; "
+                            "neft select never runs such code") from exc
+        text = str(exc).strip()
+        raise NeftError(f"cannot read the model config in {model} "
+                        f"({text.splitlines()[0] if text else type(exc).__name__}); pass a "
+                        "folder written by save_pretrained") from exc
+
+
 def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: bool = False,
                needs_tokenizer: bool = True) -> tuple[nn.Module, WeightSource, Any]:
     """(model, where its weights are read from, tokenizer). From a local safetensors
@@ -286,24 +333,10 @@ def open_model(model: nn.Module | str, tokenizer: Any = None, needs_forward: boo
     if isinstance(model, nn.Module):
         return model, model, tokenizer
 
-    folder = ensure_embedded_model() if is_embedded(model) else os.path.expanduser(model)
-    if not needs_forward and os.path.isdir(folder) and any(
-            f.endswith(".safetensors") for f in os.listdir(folder)):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        try:  # the hub's model code never runs here (no flag to allow it in select)
-            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-            with torch.device("meta"):
-                skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-        except (OSError, ValueError, KeyError) as exc:
-            if "custom code" in str(exc) or "trust_remote_code" in str(exc):
-                raise NeftError(f"model {model} needs its own Python code (auto_map) to load; "
-                                "neft select never runs such code") from exc
-            text = str(exc).strip()
-            raise NeftError(f"cannot read the model config in {model} "
-                            f"({text.splitlines()[0] if text else type(exc).__name__}); pass a "
-                            "folder written by save_pretrained") from exc
-        return skeleton, folder, tokenizer
+    if not needs_forward:
+        skeleton = model_skeleton(model)
+        if skeleton is not None:
+            return skeleton, local_folder(model), tokenizer
     try:
         loaded, loaded_tokenizer = load_model(model, with_tokenizer=needs_tokenizer
                                               and tokenizer is None)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import option
+from ..config import option, refuse_ignored
 from ..core.model import MODES
 from ..data.options import DataOptions
 from ..errors import NeftError
@@ -261,10 +261,7 @@ class TrainConfig(DataOptions):
         other = [name for name in ("num_neurons", "percent") if getattr(self, name) is not None]
         if "match_lora" in given and self.match_lora is not None and other:
             raise NeftError(f"give one budget: --match_lora or --{other[0]}, not both")
-        ignored = self.ignored_options()
-        for name in given:
-            if name in ignored:
-                raise NeftError(f"--{name} is not used here ({ignored[name]}): drop it")
+        refuse_ignored(given, self.ignored_options())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

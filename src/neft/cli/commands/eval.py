@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...config import add_dataclass_arguments, build_config
+from ...config import add_dataclass_arguments, from_dict, given_values, refuse_ignored
 from ...core.io import write_json
 from ...evaluate import EvalConfig, format_table, run_eval
 
@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(EvalConfig, args)
+    given = given_values(EvalConfig, args)
+    config = from_dict(EvalConfig, given)
+    refuse_ignored(given, config.ignored_options())
     result = run_eval(config, write=False)
     print(format_table(result), flush=True)  # the scores first: the write can still fail
     if config.output_file:
