@@ -149,7 +149,11 @@ def test_weight_sync_never_disturbs_a_pending_backward_and_sees_data_writes() ->
     second = neft(input_ids=make_batch(seed=1), labels=ids).loss  # no rewrite: unchanged
     with torch.no_grad(), neft.disable_adapter():  # the base, from a copy of the weight
         neft(input_ids=ids)
-    (first + second).backward()  # would raise if a weight was changed in place meanwhile
+    other = torch.nn.Parameter(torch.zeros(3))  # another model's optimizer steps meanwhile
+    other.grad = torch.ones(3)
+    torch.optim.SGD([other], lr=0.1).step()
+    third = neft(input_ids=ids, labels=ids).loss  # checked, found unchanged, not rewritten
+    (first + second + third).backward()  # would raise if a weight was changed in place
     layer = next(layer for _, layer in neft.neft_layers())
     with torch.no_grad():
         before = neft(input_ids=ids).logits

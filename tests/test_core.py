@@ -286,17 +286,23 @@ def test_a_cast_after_a_forward_pass_still_saves_and_unloads() -> None:
         assert torch.equal(unloaded[name], tensor), name
 
 
-def test_deltas_changed_through_data_are_seen_after_eval() -> None:
-    """An update through ``.data`` bumps no version counter; the first pass after
-    ``model.eval()`` (or any grad-enabled one) still sees it."""
+@pytest.mark.parametrize("then", ["eval", "no_grad", "generate"])
+def test_deltas_changed_through_data_are_seen_by_the_next_pass(then: str) -> None:
+    """An update through ``.data`` (a hand-written SGD step) bumps no version counter; the
+    first pass after ``model.eval()``, any NeftModel pass without gradients (an evaluation
+    loop that never calls eval()) and generate() still see it."""
     model = make_model("llama")
     neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
     logits(neft)
     for param in neft.parameters():
         if param.requires_grad:
             param.data.normal_()
-    neft.eval()
-    stale_free = logits(neft)
+    if then == "eval":
+        neft.eval()
+    elif then == "generate":
+        neft.generate(make_batch(), max_new_tokens=1, do_sample=False)
+    # after generate(), read through the wrapped model: its pass checks nothing itself
+    stale_free = logits(neft.base_model if then == "generate" else neft)
     for _, layer in neft.neft_layers():
         layer.sync_weight = False  # the fallback path adds x D^T itself, nothing cached
     torch.testing.assert_close(stale_free, logits(neft), **TOL)

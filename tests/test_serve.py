@@ -239,6 +239,12 @@ def test_adapter_card(tmp_path: Path) -> None:
     reloaded = NeftModel.from_pretrained(make_model("llama"), tmp_path / "adapter")
     reloaded.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "README.md").read_text() == text
+    # a README that neft did not write (the user's notes, a Hub checkout's card) is kept
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("# my notes\n")
+    reloaded.save_pretrained(tmp_path / "notes")
+    assert (tmp_path / "notes" / "README.md").read_text() == "# my notes\n"
+    assert (tmp_path / "notes" / "adapter_model.safetensors").is_file()
     # loading ignores the card; an adapter without one (older neft) loads too
     (tmp_path / "adapter" / "README.md").write_text("not yaml at all: [")
     NeftModel.from_pretrained(make_model("llama"), tmp_path / "adapter")
@@ -284,6 +290,71 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch: pytest.MonkeyPatch) -
     assert repo == "me/my-adapter" and kwargs["commit_message"] == "Upload neft adapter"
     assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert seen["config"]["peft_type"] == "NEFT"
+
+
+def test_from_pretrained_takes_a_hub_id(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    """What push_to_hub uploaded loads by its id, as the card says; a failed download is
+    one line naming the id."""
+    import huggingface_hub
+
+    model = _trained("llama")
+    model.save_pretrained(tmp_path / "snapshot")
+    seen: dict = {}
+
+    def fake_snapshot_download(**kwargs: object) -> str:
+        seen.update(kwargs)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = NeftModel.from_pretrained(make_model("llama"), "me/my-adapter", revision="v1")
+    assert seen["repo_id"] == "me/my-adapter" and seen["revision"] == "v1"
+    assert set(seen["allow_patterns"]) == {"adapter_config.json", "adapter_model.safetensors",
+                                           "README.md"}
+    ids = make_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+    def offline(**_: object) -> str:
+        raise OSError("We couldn't connect to the Hub\nmore text")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(NeftError, match=r"adapter me/other is not a local folder, and the Hub "
+                                        r"did not give it \(We couldn't connect to the Hub\)"):
+        NeftModel.from_pretrained(make_model("llama"), "me/other")
+
+
+def test_peft_calls_a_neft_model_cannot_serve_say_what_to_do_instead(tmp_path: Path) -> None:
+    model = _trained("llama")
+    for call, hint in [(lambda: model.load_adapter(tmp_path, "second"), "load_adapter_weights"),
+                       (lambda: model.set_adapter("other"), "holds one adapter"),
+                       (lambda: model.add_adapter("x", None), "holds one adapter"),
+                       (lambda: model.delete_adapter("default"), "model.unload"),
+                       (lambda: model.disable_adapters(), "with model.disable_adapter"),
+                       (lambda: model.merge_and_unload(adapter_names=["other"]), "one adapter"),
+                       (lambda: NeftModel.from_pretrained(make_model("llama"), tmp_path,
+                                                          adapter_name="b"), "one adapter")]:
+        with pytest.raises(NeftError, match=hint):
+            call()
+
+
+def test_safe_merge_refuses_deltas_that_are_not_finite() -> None:
+    model = _trained("llama")
+    ids = make_batch()
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad)[0, 0] = float("nan")
+    with pytest.raises(NeftError, match="NaN or inf: merging would break the model; nothing "
+                                        "was merged"):
+        model.merge_and_unload(safe_merge=True, progressbar=True)
+    with pytest.raises(NeftError, match="nothing was merged"):
+        model.merge_adapter(safe_merge=True)
+    assert not any(layer.merged for _, layer in model.neft_layers())
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad)[0, 0] = 0.0
+        expected = model(input_ids=ids).logits
+        model.merge_adapter(safe_merge=True, adapter_names=["default"])
+        assert all(layer.merged for _, layer in model.neft_layers())
+        torch.testing.assert_close(model(input_ids=ids).logits, expected)
 
 
 # ----------------------------------------------------------------------------- TRL

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .io import write_text
 from .loading import is_embedded
 from .neuron_set import NeuronSet
 from .neurons import layer_index
@@ -46,6 +47,21 @@ def front_matter(text: str) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def write_card(folder: str | os.PathLike, text: str) -> None:
+    """Write a model card as README.md unless the folder holds one that no program wrote
+    (the user's own notes, a Hub checkout's card): that one is kept, as PEFT keeps it, and
+    the card is skipped. neft's own card and a Trainer's (TRL's) are replaced."""
+    path = os.path.join(folder, CARD_NAME)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            meta = front_matter(handle.read())
+        tags = meta.get("tags") if isinstance(meta.get("tags"), list) else []
+        if meta.get("library_name") != "neft" and "generated_from_trainer" not in tags:
+                logger.info("kept %s (not written by neft); no adapter card written", path)
+                return
+    write_text(path, text)
 
 
 def base_license(base: str | None) -> str | None:

@@ -17,10 +17,11 @@ g^T x[..., C]) are added, in ``_DeltaGrad``. This cuts the extra cost of trainin
 neurons by about two thirds against adding x D^T separately, which stays the fallback
 (sharded, quantized or offloaded weights). On a bf16 base the weight holds bf16(W0 + D)
 while D itself stays fp32: the usual mixed-precision master-weight arrangement. The
-slices are rewritten whenever the deltas may have changed (their version counters, any
-optimizer step, and an exact comparison in grad-enabled passes and in the first pass
-after ``model.train()`` / ``model.eval()``), never while unchanged,
-so a pending backward is never disturbed.
+slices are compared with W0 + D whenever the deltas may have changed (their version
+counters, any optimizer step) and in every grad-enabled pass, every NeftModel pass
+without gradients and the first pass after ``model.train()`` / ``model.eval()``, and
+rewritten only where they differ, so a pending backward is never disturbed by an
+unchanged adapter.
 
 ``NeuronMaskLayer`` reproduces the paper's code: the whole weight is trainable and its
 gradient is multiplied by a 0/1 mask. It is a reference, not a way to save memory.
@@ -277,12 +278,12 @@ class NeuronDeltaLayer(_NeuronLayerBase):
 
     @torch.no_grad()
     def _sync(self, verify: bool) -> None:
-        """Make the selected slices W0 + D. Written when the deltas may have changed; with
-        ``verify`` (grad-enabled passes) also when they differ from W0 + D, which catches
-        updates through ``.data`` that nothing else sees. Never written when unchanged."""
+        """Make the selected slices W0 + D. Checked when the deltas may have changed, and
+        with ``verify`` (grad-enabled passes, a NeftModel pass without gradients) always,
+        which catches updates through ``.data`` that nothing else sees. Written only when
+        they differ, so an unrelated optimizer step never disturbs a pending backward."""
         weight = _logical_weight(self.base_layer)
-        changed = self._original is None or self._stamp != self._delta_stamp()
-        if not (changed or verify):
+        if not (verify or self._original is None or self._stamp != self._delta_stamp()):
             return
         rows, cols = self.neft_rows, self.neft_cols
         if self._original is None:
@@ -295,9 +296,8 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             new_cols[rows] += self.neft_delta_rows[:, cols]  # in both slices, so that a
             new_rows[:, cols] = new_cols[rows]  # verified pass finds them equal
         new_rows, new_cols = new_rows.to(weight.dtype), new_cols.to(weight.dtype)
-        if not changed:
-            changed = not (torch.equal(weight.index_select(0, rows), new_rows)
-                           and torch.equal(weight.index_select(1, cols), new_cols))
+        changed = not (torch.equal(weight.index_select(0, rows), new_rows)
+                       and torch.equal(weight.index_select(1, cols), new_cols))
         if changed:  # index_copy_: several times faster than index_put_ (weight[:, C] = ..)
             weight.index_copy_(0, rows, new_rows)
             weight.index_copy_(1, cols, new_cols)

@@ -22,8 +22,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import NeftError
-from .card import CARD_NAME, adapter_card
-from .io import atomic_save_file, atomic_text, write_text
+from .card import CARD_NAME, adapter_card, hub_id, write_card
+from .io import atomic_save_file, atomic_text
 from .layers import NeuronDeltaLayer, NeuronMaskLayer
 from .loading import recorded_name
 from .neuron_set import NeuronSet, read_safetensors
@@ -203,10 +203,22 @@ class NeftModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                   "inputs_embeds": inputs_embeds, "labels": labels}
         kwargs.update({k: v for k, v in inputs.items() if v is not None})
+        if not torch.is_grad_enabled():
+            self._verify_next_pass()
         return self.base_model(**kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
+        self._verify_next_pass()  # generate runs without gradients, once per call
         return self.base_model.generate(*args, **kwargs)
+
+    def _verify_next_pass(self) -> None:
+        """Check the weights against the deltas in the next pass: deltas changed through
+        ``.data`` by a hand-written update are seen by no version counter, and evaluating
+        the model as it was before that update would score another model than the one
+        saved. Grad-enabled passes check anyway."""
+        for _, layer in self.neft_layers():
+            if isinstance(layer, NeuronDeltaLayer):
+                layer._verify_next = True
 
     def get_base_model(self) -> nn.Module:
         return self.base_model
@@ -250,7 +262,13 @@ class NeftModel(nn.Module):
         self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **options)
 
     # -- merge -----------------------------------------------------------------------------
-    def merge_adapter(self) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None,
+                      safe_merge: bool = False) -> None:
+        """Add the deltas into the base weights (exactly undone by unmerge_adapter).
+        ``safe_merge`` checks the merged weights are finite first, as in PEFT."""
+        _one_adapter(adapter_names)
+        if safe_merge:
+            self._check_finite_deltas()
         for _, layer in self.neft_layers():
             layer.merge()
 
@@ -258,10 +276,17 @@ class NeftModel(nn.Module):
         for _, layer in self.neft_layers():
             layer.unmerge()
 
-    def merge_and_unload(self) -> nn.Module:
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
         """Add the deltas into the base weights exactly and return the plain model. A
         module whose weight was tied to another's (lm_head and embed_tokens) gets its own
-        merged weight and the config says so, so that the saved model loads as trained."""
+        merged weight and the config says so, so that the saved model loads as trained.
+        PEFT's arguments: ``safe_merge`` checks the deltas are finite before anything is
+        merged; ``progressbar`` is accepted (the merge takes a moment)."""
+        del progressbar
+        _one_adapter(adapter_names)
+        if safe_merge:
+            self._check_finite_deltas()
         untied = False
         for path, layer in list(self.neft_layers()):
             layer.merge()
@@ -270,6 +295,33 @@ class NeftModel(nn.Module):
         if untied:
             _untie_config(self.base_model)
         return self.base_model
+
+    def _check_finite_deltas(self) -> None:
+        for path, layer in self.neft_layers():
+            if isinstance(layer, NeuronDeltaLayer) and not all(
+                    bool(torch.isfinite(delta).all()) for delta in layer.get_deltas()):
+                raise NeftError(f"the deltas of {path} hold NaN or inf: merging would break "
+                                "the model; nothing was merged (train again, or load an "
+                                "earlier checkpoint)")
+
+    def load_adapter(self, *_: Any, **__: Any) -> None:
+        raise NeftError(_ONE_ADAPTER + "; to load a checkpoint of this adapter (same neurons) "
+                        "into this model, call model.load_adapter_weights(folder)")
+
+    def add_adapter(self, *_: Any, **__: Any) -> None:
+        raise NeftError(_ONE_ADAPTER)
+
+    def set_adapter(self, *_: Any, **__: Any) -> None:
+        raise NeftError(_ONE_ADAPTER)
+
+    def delete_adapter(self, *_: Any, **__: Any) -> None:
+        raise NeftError(_ONE_ADAPTER + "; to drop it, call model.unload()")
+
+    def disable_adapters(self, *_: Any, **__: Any) -> None:
+        raise NeftError("run the base model with `with model.disable_adapter():` (a context: "
+                        "the adapter comes back after the block)")
+
+    enable_adapters = disable_adapters
 
     def _unwrap(self) -> None:
         """Put the base layers back without touching their weights (no deltas were set)."""
@@ -365,8 +417,7 @@ class NeftModel(nn.Module):
         path = os.path.join(save_directory, CONFIG_NAME)
         with atomic_text(path) as handle:
             json.dump(config, handle, indent=2, default=str)
-        write_text(os.path.join(save_directory, CARD_NAME),
-                   adapter_card(config, self.neurons, self.training_info))
+        write_card(save_directory, adapter_card(config, self.neurons, self.training_info))
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None,
                     token: str | bool | None = None, revision: str | None = None,
@@ -451,8 +502,14 @@ class NeftModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, adapter_dir: str | os.PathLike,
-                        is_trainable: bool = False) -> NeftModel:
-        """Wrap ``model`` with a saved adapter. Frozen unless ``is_trainable``."""
+                        is_trainable: bool = False, adapter_name: str = "default", *,
+                        revision: str | None = None, token: str | bool | None = None
+                        ) -> NeftModel:
+        """Wrap ``model`` with a saved adapter: a folder, or the Hub id of one that
+        ``push_to_hub`` uploaded (``revision``, ``token`` as in PEFT). Frozen unless
+        ``is_trainable``. One adapter per model, named ``default`` as in PEFT."""
+        _one_adapter([adapter_name])
+        adapter_dir = adapter_folder(adapter_dir, revision, token)
         saved = cls.read_config(adapter_dir)
         _refuse_stacking(model)
         fingerprint = saved.get("base_fingerprint")
@@ -487,6 +544,37 @@ def get_neft_model(model: nn.Module, config: NeftConfig) -> NeftModel:
         raise NeftError(f"get_neft_model takes a NeftConfig, not {type(config).__name__}: "
                         "get_neft_model(model, NeftConfig(neurons=...))")
     return NeftModel(model, config)
+
+
+_ONE_ADAPTER = ("a NeftModel holds one adapter, named 'default' (PEFT's several named "
+                "adapters are not supported): wrap a fresh base with NeftModel.from_pretrained"
+                "(base, folder) for another")
+
+
+def _one_adapter(names: list[str] | None) -> None:
+    if names is not None and list(names) != ["default"]:
+        raise NeftError(f"adapter names {list(names)}: " + _ONE_ADAPTER)
+
+
+def adapter_folder(adapter: str | os.PathLike, revision: str | None = None,
+                   token: str | bool | None = None) -> str:
+    """A local adapter folder: the path as given, or for the Hub id of an adapter (no such
+    local path), its files downloaded into the Hub cache (``HF_HUB_OFFLINE`` reads the
+    cache only)."""
+    path = os.path.expanduser(os.fspath(adapter))
+    if os.path.exists(path) or not hub_id(path):
+        return path
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id=path, revision=revision, token=token,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME])
+    except Exception as exc:  # offline, no such repo, no access: the Hub's many errors
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NeftError(f"adapter {adapter} is not a local folder, and the Hub did not give "
+                        f"it ({reason}); check the path, or the repo id and your access "
+                        "(hf auth login)") from exc
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike, peft: bool = False) -> dict[str, Any]:
