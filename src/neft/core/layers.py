@@ -283,7 +283,10 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         which catches updates through ``.data`` that nothing else sees. Written only when
         they differ, so an unrelated optimizer step never disturbs a pending backward."""
         weight = _logical_weight(self.base_layer)
-        if not (verify or self._original is None or self._stamp != self._delta_stamp()):
+        stamp = self._delta_stamp()
+        # The deltas themselves were written (versions, storage): no need to compare.
+        written = self._original is None or self._stamp is None or self._stamp[:4] != stamp[:4]
+        if not (verify or written or self._stamp != stamp):
             return
         rows, cols = self.neft_rows, self.neft_cols
         if self._original is None:
@@ -296,12 +299,12 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             new_cols[rows] += self.neft_delta_rows[:, cols]  # in both slices, so that a
             new_rows[:, cols] = new_cols[rows]  # verified pass finds them equal
         new_rows, new_cols = new_rows.to(weight.dtype), new_cols.to(weight.dtype)
-        changed = not (torch.equal(weight.index_select(0, rows), new_rows)
-                       and torch.equal(weight.index_select(1, cols), new_cols))
+        changed = written or not (torch.equal(weight.index_select(0, rows), new_rows)
+                                  and torch.equal(weight.index_select(1, cols), new_cols))
         if changed:  # index_copy_: several times faster than index_put_ (weight[:, C] = ..)
             weight.index_copy_(0, rows, new_rows)
             weight.index_copy_(1, cols, new_cols)
-        self._stamp = self._delta_stamp()
+        self._stamp = stamp
         self._verify_next = False
 
     @torch.no_grad()
