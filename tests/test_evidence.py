@@ -281,10 +281,11 @@ def test_a_front_that_never_reaches_the_loss_gives_a_verdict_and_strict_json():
         "a": {"xs": np.array([[0.0] * samples, [0.1] * samples]),
               "ys": np.array([[3.0] * samples, loss]),
               "standard": {"loss": loss, "drift": np.full(samples, 0.1), "loss_std": None,
-                           "drift_std": None, "n": 1}},
+                           "drift_std": None, "seed_points": [(0.1, 2.0)], "n": 1}},
         "b": {"xs": np.array([[0.0] * samples, [0.05] * samples]),
               "ys": np.array([[3.0] * samples, [2.5] * samples]),  # never as low as 2.0
-              "standard": {"loss_std": None, "drift_std": None}}}
+              "standard": {"loss_std": None, "drift_std": None,
+                           "seed_points": [(0.05, 2.5)]}}}
     rows = fronts.compare("a", "b")
     reached = next(r for r in rows if r["measure"] == "drift at matched loss")
     assert reached["delta"] is None and reached["verdict"].startswith("better")
@@ -610,10 +611,10 @@ def test_verdicts_say_when_they_rest_on_the_line_from_the_base_or_past_the_front
             "a": {"xs": np.array([[0.0] * samples, [drift] * samples]),
                   "ys": np.array([[3.0] * samples, [loss] * samples]),
                   "standard": {"loss": np.full(samples, loss), "drift": np.full(samples, drift),
-                               "loss_std": 0.01, "drift_std": 0.01, "n": 3}},
+                               "seed_points": [(drift, loss)], "n": 1}},
             "b": {"xs": np.array([[0.0] * samples, [0.3] * samples, [0.5] * samples]),
                   "ys": np.array([[3.0] * samples, [2.4] * samples, [2.2] * samples]),
-                  "standard": {"loss_std": 0.01, "drift_std": 0.01}}}
+                  "standard": {"seed_points": [(0.3, 2.41), (0.3, 2.39)]}}}
         return {r["measure"]: r for r in fronts.compare("a", "b")}
 
     low = fronts_with(0.1, 2.5)  # below b's first point on both axes
@@ -692,22 +693,43 @@ def test_every_cell_of_a_committed_grid_runs_end_to_end(tiny_model_dir, toy_data
     assert {r["other"] for r in verdicts if r["reference"] == config["reference"]} == others
 
 
-def test_a_one_seed_cell_borrows_the_seed_spread_of_a_seeded_reference():
-    """A screen's cell (one seed) against random neurons (three): random's spread counts
-    for both sides, not for one."""
+def toy_fronts(cell_points: list, random_points: list):
+    """A cell against random neurons whose first-seed front runs from (0, 3.0) to
+    (0.2, 2.0): loss 3 - 5 x drift."""
     from neft.experiments.compare.verdicts import Fronts
 
     fronts = Fronts.__new__(Fronts)
     fronts.name, fronts.base = "toy", None
     samples = 5
+    drift, loss = np.mean(cell_points, axis=0)
     fronts.cells = {
-        "cell": {"xs": np.array([[0.1] * samples]), "ys": np.array([[2.4] * samples]),
-                 "standard": {"loss": np.full(samples, 2.4), "drift": np.full(samples, 0.1),
-                              "loss_std": None, "drift_std": None, "n": 1}},
+        "cell": {"xs": np.array([[drift] * samples]), "ys": np.array([[loss] * samples]),
+                 "standard": {"loss": np.full(samples, loss), "drift": np.full(samples, drift),
+                              "seed_points": cell_points, "n": len(cell_points)}},
         "random": {"xs": np.array([[0.0] * samples, [0.2] * samples]),
                    "ys": np.array([[3.0] * samples, [2.0] * samples]),
-                   "standard": {"loss_std": 0.03, "drift_std": 0.02}}}
-    rows = {r["measure"]: r for r in fronts.compare("cell", "random")}
+                   "standard": {"seed_points": random_points}}}
+    return {r["measure"]: r for r in fronts.compare("cell", "random")}
+
+
+def test_a_one_seed_cell_borrows_the_seed_spread_of_a_seeded_reference():
+    """A screen's cell (one seed) against random neurons (three): random's spread, each
+    seed read against random's own front, counts for both sides, not for one."""
+    random_points = [(0.2, 2.0), (0.1, 2.53), (0.1, 2.47)]  # offsets 0, +0.03, -0.03
+    rows = toy_fronts([(0.1, 2.4)], random_points)
     assert rows["loss at matched drift"]["seed_variance"] == pytest.approx(2 * 0.03 ** 2)
-    assert rows["drift at matched loss"]["seed_variance"] == pytest.approx(2 * 0.02 ** 2)
+    assert rows["drift at matched loss"]["seed_variance"] == pytest.approx(2 * 0.006 ** 2)
     assert rows["loss at matched drift"]["seed_variance_borrowed"]
+
+
+def test_the_seed_spread_is_the_verdicts_own_not_the_raw_losses():
+    """Seeds that end at the same loss but at different drift read differently against a
+    front: that spread enters the interval (the raw losses' spread, zero here, would call
+    a cell identical to the reference better)."""
+    same_loss = [(0.1, 2.5), (0.12, 2.5), (0.06, 2.5)]  # offsets 0, +0.1, -0.2 on 3 - 5x
+    rows = toy_fronts(same_loss, same_loss)
+    row = rows["loss at matched drift"]
+    assert row["delta"] == pytest.approx(2.5 - (3 - 5 * 0.28 / 3))  # the mean point: -0.033
+    spread = float(np.std([0.0, 0.1, -0.2], ddof=1))
+    assert row["seed_variance"] == pytest.approx(spread ** 2 / 3 + spread ** 2)
+    assert row["verdict"] == "not resolved" and not row["seed_variance_borrowed"]

@@ -14,8 +14,10 @@ The verdicts compare a reference cell A with each other cell B:
 (c) each generation metric of both cells' best-dev-loss runs (sacreBLEU's paired bootstrap).
 (a) and (b) get a 95% interval from a paired bootstrap over test and general-text records
 (every point recomputed from the same resampled records) plus the seed variance of the
-standard points (B's single-seed front counts B's full seed variance; a cell with one
-seed borrows A's, and an A with one seed B's). A verdict is "better" or "worse" only when
+verdict: the spread of A's seeds' standard points each read against B's front (a seed
+moves drift as well as loss, and both move the reading), over A's seeds, and the spread
+of B's seeds read against B's own first-seed front (B's single-seed front counts it in
+full); a cell with one seed borrows the other's spread. A verdict is "better" or "worse" only when
 the interval excludes 0.
 Each front verdict also says whether it rests on the line from the base to B's first
 point (from_base) or on B's flat front past its last point (past_front).
@@ -152,6 +154,17 @@ def _std(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
+def _offset_std(points: list[tuple[float, float]], front: tuple[np.ndarray, np.ndarray],
+                kind: str) -> float | None:
+    """The spread over seeds of each seed's (drift, loss) read against ``front``: its loss
+    minus the front's at its drift, or its drift minus the front's at its loss."""
+    if kind == "loss at matched drift":
+        offsets = [loss - loss_at(front, drift) for drift, loss in points]
+    else:
+        offsets = [drift - drift_at(front, loss) for drift, loss in points]
+    return _std([o for o in offsets if math.isfinite(o)])
+
+
 class Fronts:
     """Fronts of every cell for one drift set, under every resample."""
 
@@ -186,6 +199,9 @@ class Fronts:
                     if finals else None,
                     "loss_std": _std([float(resampled.loss(p)[0]) for p in finals]),
                     "drift_std": _std([float(resampled.drift(p, name)[0]) for p in finals]),
+                    # each seed's (drift, loss), for the seed spread of the verdicts
+                    "seed_points": [(float(resampled.drift(p, name)[0]),
+                                     float(resampled.loss(p)[0])) for p in finals],
                     "n": len(finals)}}
 
     def front(self, cell: str, sample: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -220,11 +236,15 @@ class Fronts:
                 else:
                     deltas[s] = standard["drift"][s] - drift_at(self.front(other, s),
                                                                 standard["loss"][s])
-            key = "loss_std" if kind.startswith("loss") else "drift_std"
-            # a side with one seed borrows the other's spread (a screen's one-seed cell
-            # against random neurons' three seeds counts random's spread twice)
-            own = standard[key] if standard[key] is not None else b["standard"][key]
-            theirs = b["standard"][key] if b["standard"][key] is not None else own
+            # The seed spread of the verdict itself: each of A's seeds read against B's
+            # front (its drift moves along that front too, not only its loss), and each
+            # of B's seeds against B's own first-seed front (how far that front moves with
+            # the seed). A side with one seed borrows the other's spread (a screen's
+            # one-seed cell against random neurons' three seeds counts random's twice).
+            own_sd = _offset_std(standard["seed_points"], measured, kind)
+            their_sd = _offset_std(b["standard"]["seed_points"], measured, kind)
+            own = own_sd if own_sd is not None else their_sd
+            theirs = their_sd if their_sd is not None else own
             seed_var = ((own or 0.0) ** 2 / max(standard["n"], 1) + (theirs or 0.0) ** 2)
             finite = deltas[1:][np.isfinite(deltas[1:])]
             delta = float(deltas[0])
@@ -236,8 +256,7 @@ class Fronts:
                      else bool(at < measured[1][-1]),
                      "delta": delta if math.isfinite(delta) else None,
                      "seed_variance": seed_var,
-                     "seed_variance_borrowed": (b["standard"][key] is None) != (
-                         standard[key] is None),
+                     "seed_variance_borrowed": (their_sd is None) != (own_sd is None),
                      "reached": float(np.isfinite(deltas[1:]).mean())}
             if math.isfinite(delta) and len(finite) > 1:
                 half = Z95 * math.sqrt(float(np.var(finite, ddof=1)) + seed_var)
