@@ -26,8 +26,9 @@ from typing import Any
 from neft.core.io import atomic_text, save_figure, write_json
 from neft.errors import NeftError
 from neft.experiments.bench import machine
+from neft.experiments.compare.plan import first_difference
 from neft.experiments.compare.report import verdict_glance
-from neft.experiments.compare.results import current, grid_plan
+from neft.experiments.compare.results import current, grid_plan, load_result
 from neft.experiments.compare.verdicts import verdicts
 
 MEASURES = ("loss at matched drift", "drift at matched loss")
@@ -56,6 +57,11 @@ def against_reference(grid: str, reference: str | None = None,
     asked = {n.strip() for n in str(written["config"].get("cells") or "").split(",")} - {""}
     counted = [run for run in plan.runs if not asked or run.kind != "cell" or run.cell in asked]
     done = sum(current(plan, run) is not None for run in counted)
+    # finished with other settings than the config's now (e.g. other drift texts on
+    # another machine): not read, and said why
+    changed = [difference for run in counted
+               if (result := load_result(plan.config.output_dir, run)) is not None
+               and (difference := first_difference(result.get("spec"), run.spec))]
     found = verdicts(plan)
     rows: list[dict[str, Any]] = []
     if found is not None:
@@ -67,6 +73,7 @@ def against_reference(grid: str, reference: str | None = None,
     return {"grid": os.path.basename(os.path.normpath(grid)), "reference": plan.reference,
             "split": plan.read_split or plan.config.test_split,
             "done": done, "planned": len(counted), "config_runs": len(plan.runs), "rows": rows,
+            "changed": len(changed), "first_change": changed[0] if changed else None,
             "sets": found["sets"] if found else []}
 
 
@@ -158,6 +165,12 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
         lines += [f"## {study['grid']}", "",
                   f"{study['done']} of {study['planned']} runs{asked} finished ({state}); "
                   f"loss on the `{study['split']}` split, against `{study['reference']}`.", ""]
+        if study.get("changed"):
+            lines += [f"{study['changed']} finished runs were made with other settings than "
+                      f"the config's now, and are not read (first: {study['first_change']}); "
+                      "drift texts harvested on another machine differ, for one: read the "
+                      "grid where it ran, or rerun those runs (`neft compare "
+                      "--recompute_changed`).", ""]
         if not study["rows"]:
             lines += ["No verdicts yet.", ""]
             continue

@@ -151,6 +151,55 @@ def test_a_dry_run_prices_what_is_left_at_the_pace_of_finished_runs(
     assert "about 0.2 h of runs left in the grid" in capsys.readouterr().out
 
 
+def test_runs_record_their_data_files_contents_not_only_the_path(tiny_model_dir, toy_data_dir,
+                                                                 tmp_path) -> None:
+    """A data file edited in place makes every run on it a changed one; runs recorded
+    before the contents were (no data_files) are taken as made with the current files."""
+    from neft.experiments.compare.plan import first_difference
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data_dir, data)
+
+    def specs() -> list[dict]:
+        plan = build_plan(from_dict(CompareConfig, grid(tiny_model_dir, str(data),
+                                                        tmp_path / "out")))
+        return [run.spec for run in plan.runs]
+
+    before = specs()
+    assert set(before[-1]["data_files"]) == {"train", "dev", "test"}
+    with open(data / "test.jsonl", "a") as handle:
+        handle.write(json.dumps({"source": "One more.", "target": "Noch eins."}) + "\n")
+    after = specs()
+    assert first_difference(before[-1], after[-1]).startswith("data_files.test: ")
+    assert first_difference(before[-1]["data_files"], after[-1]["data_files"]) is not None
+    recorded_earlier = {k: v for k, v in after[-1].items() if k != "data_files"}
+    assert first_difference(recorded_earlier, after[-1]) is None
+
+
+def test_a_missing_split_names_the_option_that_asked_for_it(tiny_model_dir, toy_data_dir,
+                                                            tmp_path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(toy_data_dir, data)
+    os.rename(data / "dev.jsonl", data / "validation.jsonl")
+    values = grid(tiny_model_dir, str(data), tmp_path / "out", test_split="dev",
+                  dry_run=True)
+    with pytest.raises(NeftError, match=r"has no dev\.jsonl .*asked for by dev_split dev and "
+                                        r"test_split dev: pass --dev_split"):
+        compare(values)
+    assert not compare({**values, "dev_split": "validation", "test_split": "validation"})[
+        "failed"]
+
+
+def test_a_budget_past_the_models_pool_fails_before_any_run(tiny_model_dir, toy_data_dir,
+                                                            tmp_path) -> None:
+    values = grid(tiny_model_dir, toy_data_dir, tmp_path / "out",
+                  methods=[{"method": "lora", "lora_r": 2}, {"method": "random", "match_lora": 64}])
+    with pytest.raises(NeftError, match=r"cell random-lora64: budget of .* exceeds the "
+                                        r"candidate pool"):
+        compare({**values, "dry_run": True})
+    assert not (tmp_path / "out" / "cells").exists()
+
+
 def test_changed_settings_are_never_reused(finished_grid, tmp_path) -> None:
     root, values = copy_of(finished_grid, tmp_path)
     changed = {**values, "train": {**values["train"], "max_steps": 3}}
@@ -363,40 +412,48 @@ def test_bad_configs_are_errors(tiny_model_dir, toy_data_dir, tmp_path, capsys) 
     assert not output.exists()
 
 
+def broken_cell(tmp_path: Path) -> dict:
+    """A cell whose runs fail once they start: its neurons name a layer the model lacks."""
+    path = tmp_path / "broken.safetensors"
+    NeuronSet.from_mapping({"model.layers.7.mlp.up_proj": {"rows": [1]}}).save(str(path))
+    return {"method": "neft", "neurons": str(path), "name": "broken", "learning_rate": 1e-2}
+
+
 def test_a_failing_run_stops_only_itself(tiny_model_dir, toy_data_dir, tmp_path) -> None:
-    values = grid(tiny_model_dir, toy_data_dir, tmp_path, seeds=[1], lr_sweep=None,
-                  methods=[{"method": "neft", "num_neurons": 10**6},  # more than the model has
+    values = grid(tiny_model_dir, toy_data_dir, tmp_path / "out", seeds=[1], lr_sweep=None,
+                  methods=[broken_cell(tmp_path),
                            {"method": "lora", "lora_r": 2, "learning_rate": 1e-2}])
     outcome = compare(values)
-    assert outcome["failed"] == ["cells/neft-1000000n-s1"]
+    assert outcome["failed"] == ["cells/broken-s1"]
     assert outcome["ran"] == ["cells/lora-r2-s1"]
-    assert not (tmp_path / "cells/neft-1000000n-s1/result.json").exists()
+    assert not (tmp_path / "out/cells/broken-s1/result.json").exists()
     again = compare(values)  # only the failed run is tried again
-    assert again["failed"] == ["cells/neft-1000000n-s1"] and again["ran"] == []
+    assert again["failed"] == ["cells/broken-s1"] and again["ran"] == []
     assert again["skipped"] == ["cells/lora-r2-s1"]
 
 
 def test_runs_in_their_own_processes(tiny_model_dir, toy_data_dir, tmp_path) -> None:
-    values = grid(tiny_model_dir, toy_data_dir, tmp_path, isolate=True, seeds=[1],
+    out = tmp_path / "out"
+    values = grid(tiny_model_dir, toy_data_dir, out, isolate=True, seeds=[1],
                   lr_sweep=None, keep_checkpoints=False,
                   methods=[{"method": "lora", "lora_r": 2, "learning_rate": 1e-2},
-                           {"method": "neft", "num_neurons": 10**6, "learning_rate": 1e-2}])
+                           broken_cell(tmp_path)])
     outcome = compare(values)
     assert outcome["ran"] == ["cells/lora-r2-s1"]
-    assert outcome["failed"] == ["cells/neft-1000000n-s1"]
+    assert outcome["failed"] == ["cells/broken-s1"]
     # the failed process's own error reaches the grid's log, and nothing of it counts
-    log = (tmp_path / "compare.log").read_text()
-    assert "FAILED" in log and "exit status 2" in log and "exceeds the candidate pool" in log
+    log = (out / "compare.log").read_text()
+    assert "FAILED" in log and "exit status 2" in log and "which this model does not have" in log
     assert "RuntimeWarning" not in log
-    assert not (tmp_path / "cells/neft-1000000n-s1/result.json").exists()
-    result = json.loads((tmp_path / "cells/lora-r2-s1/result.json").read_text())
+    assert not (out / "cells/broken-s1/result.json").exists()
+    result = json.loads((out / "cells/lora-r2-s1/result.json").read_text())
     assert result["memory_scope"] == "peak RSS of the run's process"
     assert result["learning_rate"] == 1e-2 and result["spec"]["lr"]["source"] == "given"
     assert "scores" in result and result["peak_memory_mb"] > 0
-    assert (tmp_path / "cells/lora-r2-s1/log.txt").stat().st_size > 0
-    assert not list((tmp_path / "cells/lora-r2-s1/train").glob("checkpoint-*"))
-    assert "lora-r2" in (tmp_path / "compare.md").read_text()
-    assert os.path.isfile(tmp_path / "compare.log")
+    assert (out / "cells/lora-r2-s1/log.txt").stat().st_size > 0
+    assert not list((out / "cells/lora-r2-s1/train").glob("checkpoint-*"))
+    assert "lora-r2" in (out / "compare.md").read_text()
+    assert os.path.isfile(out / "compare.log")
 
 
 def test_a_neft_cell_with_a_quota_and_a_layer_band_trains(tiny_model_dir, toy_data_dir,

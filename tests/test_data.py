@@ -113,6 +113,12 @@ def test_load_other_formats_and_split_folder(tmp_path):
     assert load_records(str(tmp_path / "a.csv"), task="completion") == [
         {"prompt": "x", "completion": "y"}]
     assert load_records(str(tmp_path / "a.tsv"))[0]["completion"] == "y, z"
+    # TSV has no quoting: a sentence's quotes are its own, an unbalanced one included
+    (tmp_path / "q.tsv").write_text('source\ttarget\n"Hello," she said.\t"Hallo", sagte sie.\n'
+                                    'A "start only\tEin "Anfang\nNext\tWeiter\n')
+    rows = load_records(str(tmp_path / "q.tsv"))
+    assert [r["source"] for r in rows] == ['"Hello," she said.', 'A "start only', "Next"]
+    assert rows[1]["target"] == 'Ein "Anfang'
     assert load_records(str(tmp_path / "a.json"))[0]["prompt"] == "x"
     pq.write_table(pa.Table.from_pylist([{"prompt": "x", "completion": "y"}]),
                    str(tmp_path / "a.parquet"))

@@ -528,6 +528,15 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
         assert stopped.value.code == 2 and message in capsys.readouterr().err
     monkeypatch.setattr("sys.argv", ["selection_study.py", str(records), "--overwrite"])
     study.main()
+    # other drift texts than the runs measured (another machine's): not read, and said why
+    with open(tmp_path / "toy.jsonl", "a") as handle:
+        handle.write(json.dumps({"text": "Another general text, harvested elsewhere."}) + "\n")
+    moved = study.against_reference(str(records))
+    assert moved["done"] == 1 and moved["changed"] == 4  # the base measures no drift
+    assert moved["first_change"].startswith("front.drift_sets.toy: ")
+    study.main()
+    assert "4 finished runs were made with other settings" in (
+        records / "selection_study.md").read_text()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -21,9 +21,11 @@ class DataOptions:
 
     task: str = option("translation, summarization, instruction or completion", "translation")
     template: str = option("prompt template: auto, chat, plain or llama2", "auto")
-    source_lang: str | None = option("source language code (else each record's src_lang)")
-    target_lang: str | None = option("target language code (else each record's tgt_lang); "
-                                     "in eval it also picks the BLEU tokenizer")
+    source_lang: str | None = option("source language code, for records without a src_lang "
+                                     "field (a record's own wins)")
+    target_lang: str | None = option("target language code, for records without a tgt_lang "
+                                     "field (a record's own wins); in eval it also picks the "
+                                     "BLEU tokenizer")
     source_field: str | None = option("record field holding the source text")
     target_field: str | None = option("record field holding the target (reference) text")
 

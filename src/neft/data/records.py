@@ -102,8 +102,11 @@ def _read_json(path: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_delimited(path: str, delimiter: str) -> Iterator[tuple[str, Any]]:
+    """CSV with its quoting; TSV as the format defines it, a tab between fields and no
+    quoting, so that the quotes of a sentence stay in it (as in OPUS and Tatoeba files)."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+        reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
         for row in reader:
             yield f"{path}:{reader.line_num}", row
 
@@ -146,6 +149,30 @@ def _split_file(folder: str, split: str | None) -> str:
         raise NeftError(f"{folder} has no {split}.jsonl (or .json/.csv/.tsv/.parquet); "
                         "pass an existing split or a file path")
     return found[0]
+
+
+def split_fingerprints(source: str, splits: Iterable[str | None]) -> dict[str, str] | None:
+    """{split: hash of its file's bytes} for a local data folder, so that a run made on
+    other contents of the same path is not taken for a current one; None for anything else
+    (a hub dataset is versioned by the hub). Splits without a file are left out (reading
+    them fails in one line elsewhere)."""
+    import hashlib
+
+    folder = os.path.expanduser(source)
+    if not os.path.isdir(folder):
+        return None
+    prints = {}
+    for split in dict.fromkeys(s for s in splits if s):
+        try:
+            path = _split_file(folder, split)
+        except NeftError:
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        prints[split] = digest.hexdigest()[:16]
+    return prints
 
 
 def _read_hub(name: str, split: str | None) -> Iterator[tuple[str, Any]]:

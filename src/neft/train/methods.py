@@ -28,7 +28,7 @@ from ..core.neuron_set import NeuronSet
 from ..core.neurons import count_parameters, find_neuron_groups
 from ..errors import NeftError
 from ..select import get_scorer, select_neurons
-from ..select.budget import linear_shapes, lora_parameters, resolve_budget
+from ..select.budget import Budget, band_groups, linear_shapes, lora_parameters, resolve_budget
 from ..select.massive import DEFAULT_AVOID
 from .peers import PEERS, apply_peer
 
@@ -204,6 +204,24 @@ def _budget(config: TrainConfig) -> dict[str, Any]:
             "lora_target_modules": lora_targets(config.lora_target_modules)}
 
 
+def check_selection_budget(model: nn.Module, config: TrainConfig) -> None:
+    """The run's budget and layer band fit the model's candidate neurons (a weightless
+    model will do): a comparison checks every cell before its first run, not hours in."""
+    if not get_method(config.method).selects_neurons or config.neurons:
+        return
+    band_groups(find_neuron_groups(model), config.select_layers,
+                _resolved_budget(model, config).neurons)
+
+
+def _resolved_budget(model: nn.Module, config: TrainConfig) -> Budget:
+    budget = _budget(config)
+    if "match_lora" in budget:
+        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"],
+                                                 budget["lora_target_modules"]),
+                  "lora_rank": budget["match_lora"]}
+    return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget)
+
+
 def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> NeuronSet:
     """Neurons for methods neft (file or on-the-fly scorer) and random."""
     if config.method == "neft" and config.neurons:
@@ -238,12 +256,7 @@ def _on_rank_zero(select: Any) -> NeuronSet:
 def budget_parameters(model: nn.Module, config: TrainConfig) -> int:
     """The parameters neft trains at this budget (neurons x neuron size), which PEFT's
     peers are sized to."""
-    budget = _budget(config)
-    if "match_lora" in budget:
-        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"],
-                                                 budget["lora_target_modules"]),
-                  "lora_rank": budget["match_lora"]}
-    return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget).parameters
+    return _resolved_budget(model, config).parameters
 
 
 def method_spec(config: TrainConfig, neurons: NeuronSet | None = None,

@@ -19,6 +19,7 @@ from typing import Any
 
 from ...config import from_dict, option
 from ...data.options import DATA_OPTIONS, DataOptions
+from ...data.records import split_fingerprints
 from ...data.sources import fingerprint, load_drift_sets
 from ...errors import NeftError
 from ...evaluate.metrics import parse_metrics
@@ -63,7 +64,8 @@ class CompareConfig(DataOptions):
     test_split: str = option("split that is scored (never used to choose anything)", "test")
     max_train_samples: int | None = option("train on the first N training records")
     max_dev_samples: int | None = option("use the first N dev records", 200)
-    max_test_samples: int | None = option("score the first N test records")
+    max_test_samples: int | None = option("generate for the first N test records (a front's "
+                                          "test loss reads front.loss_samples)")
     seeds: list | None = option("seeds every cell runs with (a cell may give its own seeds:)")
     train: dict | None = option("`neft train` options shared by every run (YAML only)")
     eval: dict | None = option(f"generation and scoring options: {', '.join(EVAL_KEYS)} "
@@ -179,10 +181,17 @@ def canonical(data: Any) -> Any:
     return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
+# Settings recorded since a date: a run recorded before holds none, and is taken as made
+# with the current value (its contents cannot be checked any more).
+RECORDED_SINCE = ("data_files",)  # 2026-12-08
+
+
 def first_difference(old: Any, new: Any, path: str = "") -> str | None:
     """'train.max_steps: 60 -> 100' for the first setting that differs, else None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
+            if key in RECORDED_SINCE and key not in old:
+                continue
             found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path
                                      else key)
             if found:
@@ -415,6 +424,9 @@ def build_plan(config: CompareConfig) -> Plan:
     plan_eval = {**eval_options, "split": config.test_split,
                  "max_samples": config.max_test_samples}
     test = {"data": data, **{k: plan_eval[k] for k in ("split", "max_samples")}}
+    data_files = split_fingerprints(data, [config.train_split, config.dev_split,
+                                           config.test_split,
+                                           front["confirm_split"] if front else None])
     sweeps: dict[str, list[Run]] = {}
     for cell in cells:
         if cell.sweep is None or cell.sweep.cell != cell.name:
@@ -425,14 +437,15 @@ def build_plan(config: CompareConfig) -> Plan:
                                       "max_steps": steps, "eval_steps": steps,
                                       "save_steps": steps, "seed": cell.sweep.seed})
             runs.append(Run("sweep", cell.name, os.path.join("sweep", f"{cell.name}-lr{value:g}"),
-                            canonical({"kind": "sweep", "train": spec_train}),
+                            canonical({"kind": "sweep", "train": spec_train,
+                                       "data_files": data_files}),
                             cell.sweep.seed, value))
         sweeps[cell.name] = runs
 
     runs: list[Run] = []
     if config.include_base:
         base_spec = {"kind": "base", "model": model, "eval": eval_options, "test": test,
-                     "prompt": {k: common[k] for k in DATA_OPTIONS}}
+                     "prompt": {k: common[k] for k in DATA_OPTIONS}, "data_files": data_files}
         if front is not None:  # its test loss is the fronts' point at drift 0
             base_spec["front"] = {"loss_samples": front["loss_samples"],
                                   "max_length": front["max_length"],
@@ -451,7 +464,7 @@ def build_plan(config: CompareConfig) -> Plan:
             train["learning_rate"] = lr
             folder = f"{cell.name}-lr{lr:g}-s{seed}"
         spec = {"kind": "cell", "train": _spec_train(train), "lr": spec_lr,
-                "eval": eval_options, "test": test}
+                "eval": eval_options, "test": test, "data_files": data_files}
         if front is not None:
             spec["front"] = front["spec"]
         runs.append(Run("cell", cell.name, os.path.join("cells", folder), canonical(spec), seed,

@@ -168,6 +168,12 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
             else f"the first {config.max_test_samples:,}")
     if data["test_samples"] and data["test_samples"] != config.max_test_samples:
         test += f" ({data['test_samples']:,})"
+    scored = f"{test} records are scored"
+    if plan.front is not None:  # the fronts' test loss reads its own count
+        samples = plan.front["loss_samples"]
+        scored = (f"{test} records are generated for (max_test_samples), "
+                  + ("all" if samples is None else f"the first {samples:,}")
+                  + " scored for the fronts' test loss (front.loss_samples),")
     accumulation = first["gradient_accumulation_steps"]
     batch = first["per_device_train_batch_size"] * accumulation
     langs = "->".join(x for x in (config.source_lang, config.target_lang) if x)
@@ -176,8 +182,9 @@ def _settings_text(plan: Plan, data: dict[str, Any]) -> str:
         f"`{config.data}`",
         f"- train split `{config.train_split}` ({limit} records); dev split "
         f"`{config.dev_split}` (first {config.max_dev_samples} records) for dev loss: best "
-        f"checkpoint and the lr sweep; test split `{config.test_split}`: {test} records are "
-        "scored, and never used to choose anything",
+        f"checkpoint and the lr sweep; test split `{config.test_split}`: {scored} "
+        + ("and never used to choose anything" if config.test_split != config.dev_split else
+           "the dev split itself, which also picks the checkpoints"),
         f"- every run: {first['max_steps']} steps x batch {batch}, max_length "
         f"{first['max_length']}, dev loss every {first['eval_steps']} steps; seeds "
         f"{sorted({s for c in plan.cells for s in c.seeds})}",

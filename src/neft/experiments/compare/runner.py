@@ -78,9 +78,36 @@ def check_data(plan: Plan) -> None:
         except NeftError as error:
             if split != confirm or split in (config.train_split, config.dev_split,
                                              config.test_split):
-                raise
+                named = [f"{option} {split}" for option, value in (
+                    ("train_split", config.train_split), ("dev_split", config.dev_split),
+                    ("test_split", config.test_split)) if value == split]
+                if f"has no {split}." not in str(error) or not named:
+                    raise
+                raise NeftError(f"{error} (asked for by {' and '.join(named)}: pass "
+                                f"--{named[0].split()[0]} with a split the data has)") from None
             raise NeftError(f"{error} (it is front.confirm_split, read only to confirm: add "
                             f"that split, or copy the config without confirm_split)") from None
+
+
+def check_budgets(plan: Plan) -> None:
+    """Every selecting cell's budget and layer band fit the model, read off the model
+    built without weights (a second): a budget past the candidate pool fails now, not in
+    each of its runs while the other cells train for hours."""
+    from ...select.scoring import model_skeleton
+    from ...train import TrainConfig
+    from ...train.methods import check_selection_budget
+
+    try:
+        skeleton = model_skeleton(plan.model)
+    except NeftError:  # a config only loading can read: the runs will say what is wrong
+        return
+    if skeleton is None:
+        return
+    for cell in plan.cells:
+        try:
+            check_selection_budget(skeleton, from_dict(TrainConfig, cell.train))
+        except NeftError as error:
+            raise NeftError(f"cell {cell.name}: {error}") from None
 
 
 @contextlib.contextmanager
@@ -290,6 +317,7 @@ def run_compare(plan: Plan) -> dict[str, Any]:
     """Run the whole grid; returns {"ran", "skipped", "failed", "report"}."""
     config = plan.config
     check_data(plan)
+    check_budgets(plan)
     changed = changed_runs(plan)
     if not config.dry_run:  # a run left for later (first_runs) is left as it is, too
         changed = [(run, difference) for run, difference in changed if plan.runs_now(run)]
