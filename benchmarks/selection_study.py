@@ -30,6 +30,7 @@ from neft.experiments.compare.plan import first_difference
 from neft.experiments.compare.report import verdict_glance
 from neft.experiments.compare.results import current, grid_plan, load_result
 from neft.experiments.compare.verdicts import verdicts
+from neft.experiments.compare.worker import FAILED_FILE
 
 MEASURES = ("loss at matched drift", "drift at matched loss")
 
@@ -62,6 +63,8 @@ def against_reference(grid: str, reference: str | None = None,
     changed = [difference for run in counted
                if (result := load_result(plan.config.output_dir, run)) is not None
                and (difference := first_difference(result.get("spec"), run.spec))]
+    failed = [run.folder for run in counted if current(plan, run) is None
+              and os.path.isfile(os.path.join(plan.config.output_dir, run.folder, FAILED_FILE))]
     found = verdicts(plan)
     rows: list[dict[str, Any]] = []
     if found is not None:
@@ -74,6 +77,7 @@ def against_reference(grid: str, reference: str | None = None,
             "split": plan.read_split or plan.config.test_split,
             "done": done, "planned": len(counted), "config_runs": len(plan.runs), "rows": rows,
             "changed": len(changed), "first_change": changed[0] if changed else None,
+            "failed": failed,
             "sets": found["sets"] if found else []}
 
 
@@ -159,12 +163,17 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
              "95% interval excludes 0.", ""]
     for study in studies:
         state = ("complete" if study["done"] >= study["planned"]
-                 else "still running: verdicts may move")
+                 else "unfinished: verdicts may move")
         more = study["config_runs"] - study["planned"]
         asked = f" of the cells last run ({more} more in its config)" if more > 0 else ""
         lines += [f"## {study['grid']}", "",
                   f"{study['done']} of {study['planned']} runs{asked} finished ({state}); "
                   f"loss on the `{study['split']}` split, against `{study['reference']}`.", ""]
+        if study.get("failed"):
+            first = study["failed"][0]
+            lines += [f"{len(study['failed'])} runs failed at their last attempt (first: "
+                      f"`{first}`, its `{FAILED_FILE}` and `log.txt` say why); `neft compare` "
+                      "tries them again.", ""]
         if study.get("changed"):
             lines += [f"{study['changed']} finished runs were made with other settings than "
                       f"the config's now, and are not read (first: {study['first_change']}); "

@@ -427,6 +427,7 @@ def test_a_failing_run_stops_only_itself(tiny_model_dir, toy_data_dir, tmp_path)
     assert outcome["failed"] == ["cells/broken-s1"]
     assert outcome["ran"] == ["cells/lora-r2-s1"]
     assert not (tmp_path / "out/cells/broken-s1/result.json").exists()
+    assert "does not have" in (tmp_path / "out/cells/broken-s1/failed.txt").read_text()
     again = compare(values)  # only the failed run is tried again
     assert again["failed"] == ["cells/broken-s1"] and again["ran"] == []
     assert again["skipped"] == ["cells/lora-r2-s1"]

@@ -528,6 +528,15 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
         assert stopped.value.code == 2 and message in capsys.readouterr().err
     monkeypatch.setattr("sys.argv", ["selection_study.py", str(records), "--overwrite"])
     study.main()
+    # a run that failed at its last attempt is named, not taken for one still running
+    run_dir = records / "cells/neft-6n-lr0.01-s1"
+    kept = (run_dir / "result.json").read_text()
+    (run_dir / "result.json").unlink()
+    (run_dir / "failed.txt").write_text("exit status 2: boom\n")
+    half = study.against_reference(str(records))
+    assert half["failed"] == ["cells/neft-6n-lr0.01-s1"] and half["done"] == 4
+    (run_dir / "result.json").write_text(kept)
+    (run_dir / "failed.txt").unlink()
     # other drift texts than the runs measured (another machine's): not read, and said why
     with open(tmp_path / "toy.jsonl", "a") as handle:
         handle.write(json.dumps({"text": "Another general text, harvested elsewhere."}) + "\n")

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...config import from_dict, load_yaml
-from ...core.io import clear_folder, folder_lock, read_json, write_json
+from ...core.io import clear_folder, folder_lock, read_json, write_json, write_text
 from ...data.records import load_records
 from ...errors import NeftError
 from .plan import CompareConfig, Plan, Run, build_plan, first_difference, selection_key
 from .report import format_lr, write_report
 from .results import best_run, current, load_result
-from .worker import JOB_FILE, RESULT_FILE, RUN_LOG_FILE, run_job
+from .worker import FAILED_FILE, JOB_FILE, RESULT_FILE, RUN_LOG_FILE, run_job
 
 LOCK_FILE = "compare.lock"
 PROGRESS_FILE = "compare.log"
@@ -446,6 +446,8 @@ class Grid:
             shutil.rmtree(folder)  # an unfinished run of other settings: start clean
         os.makedirs(folder, exist_ok=True)
         write_json(job_file, _job(plan, run))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, FAILED_FILE))
         left = time_left(plan)
         eta = f"; about {left / 3600:.1f} h of runs left in the grid" if left else ""
         progress.line(f"{_describe(run)}: running ({run.folder}{eta})")
@@ -454,6 +456,8 @@ class Grid:
         took = _duration(time.perf_counter() - started)
         if not finished:
             self.outcome["failed"].append(run.folder)
+            if os.path.isdir(folder):  # for readers of the grid (selection_study.py)
+                write_text(os.path.join(folder, FAILED_FILE), f"{message}\n")
             progress.line(f"{_describe(run)}: FAILED after {took}: {message}", count=True)
             return None
         result = load_result(output_dir, run) or {}

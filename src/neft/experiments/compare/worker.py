@@ -47,6 +47,7 @@ JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 EVAL_FILE = "eval.json"
 RUN_LOG_FILE = "log.txt"
+FAILED_FILE = "failed.txt"  # the last attempt's error, while the run has no result
 KEEP_AFTER_SWEEP = ("neft_run.json", "training_log.json", "loss_curve.png")
 
 
