@@ -78,7 +78,19 @@ def against_reference(grid: str, reference: str | None = None,
             "done": done, "planned": len(counted), "config_runs": len(plan.runs), "rows": rows,
             "changed": len(changed), "first_change": changed[0] if changed else None,
             "failed": failed,
+            "records": _records(found),
             "sets": found["sets"] if found else []}
+
+
+FEW_RECORDS = 30
+
+
+def _records(found: dict[str, Any] | None) -> int | None:
+    """How many test records each point scores (the record bootstrap resamples them)."""
+    if not found:
+        return None
+    points = [p for cell in found["data"]["cells"].values() for p in cell]
+    return len(points[0]["test"]["nll"]) if points else None
 
 
 def tally(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -169,6 +181,10 @@ def markdown(studies: list[dict[str, Any]], command: str, made: str, name: str) 
         lines += [f"## {study['grid']}", "",
                   f"{study['done']} of {study['planned']} runs{asked} finished ({state}); "
                   f"loss on the `{study['split']}` split, against `{study['reference']}`.", ""]
+        if study.get("records") is not None and study["records"] < FEW_RECORDS:
+            lines += [f"Each point scores {study['records']} records only: a bootstrap over so "
+                      "few understates the spread, so read these verdicts as a smoke test, not "
+                      f"evidence (use {FEW_RECORDS} or more; a few hundred resolve well).", ""]
         if study.get("failed"):
             first = study["failed"][0]
             lines += [f"{len(study['failed'])} runs failed at their last attempt (first: "

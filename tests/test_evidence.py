@@ -519,7 +519,7 @@ def test_a_grids_records_resume_it_elsewhere_and_give_the_same_verdicts(
     # the pages land in the grid's folder, and are replaced only with --overwrite
     monkeypatch.setattr("sys.argv", ["selection_study.py", str(records)])
     study.main()
-    assert (records / "selection_study.md").is_file()
+    assert "Each point scores 4 records only" in (records / "selection_study.md").read_text()
     for argv, message in (([str(records)], "selection_study.md already exists; pass --overw"),
                           ([str(tmp_path)], "has no compare.json: pass a neft compare outpu")):
         monkeypatch.setattr("sys.argv", ["selection_study.py", *argv])
