@@ -28,7 +28,7 @@ from neft.errors import NeftError
 from neft.experiments.bench import machine
 from neft.experiments.compare.plan import first_difference
 from neft.experiments.compare.report import verdict_glance
-from neft.experiments.compare.results import current, grid_plan, load_result
+from neft.experiments.compare.results import grid_plan, load_result
 from neft.experiments.compare.verdicts import verdicts
 from neft.experiments.compare.worker import FAILED_FILE
 
@@ -57,14 +57,19 @@ def against_reference(grid: str, reference: str | None = None,
     # the grid is read whole, as far as it got; its progress counts the cells last asked for
     asked = {n.strip() for n in str(written["config"].get("cells") or "").split(",")} - {""}
     counted = [run for run in plan.runs if not asked or run.kind != "cell" or run.cell in asked]
-    done = sum(current(plan, run) is not None for run in counted)
-    # finished with other settings than the config's now (e.g. other drift texts on
-    # another machine): not read, and said why
-    changed = [difference for run in counted
-               if (result := load_result(plan.config.output_dir, run)) is not None
-               and (difference := first_difference(result.get("spec"), run.spec))]
-    failed = [run.folder for run in counted if current(plan, run) is None
-              and os.path.isfile(os.path.join(plan.config.output_dir, run.folder, FAILED_FILE))]
+    # each run finished (with the config's settings), finished with others (e.g. other
+    # drift texts on another machine: not read, and said why), failed, or not run yet
+    done, changed, failed = 0, [], []
+    for run in counted:
+        result = load_result(plan.config.output_dir, run)
+        difference = (first_difference(result.get("spec"), run.spec) if result is not None
+                      else None)
+        if result is not None and difference is None:
+            done += 1
+        elif difference:
+            changed.append(difference)
+        elif os.path.isfile(os.path.join(plan.config.output_dir, run.folder, FAILED_FILE)):
+            failed.append(run.folder)
     found = verdicts(plan)
     rows: list[dict[str, Any]] = []
     if found is not None:

@@ -59,8 +59,8 @@ def write_card(folder: str | os.PathLike, text: str) -> None:
             meta = front_matter(handle.read())
         tags = meta.get("tags") if isinstance(meta.get("tags"), list) else []
         if meta.get("library_name") != "neft" and "generated_from_trainer" not in tags:
-                logger.info("kept %s (not written by neft); no adapter card written", path)
-                return
+            logger.info("kept %s (not written by neft); no adapter card written", path)
+            return
     write_text(path, text)
 
 

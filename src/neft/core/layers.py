@@ -285,7 +285,7 @@ class NeuronDeltaLayer(_NeuronLayerBase):
         weight = _logical_weight(self.base_layer)
         stamp = self._delta_stamp()
         # The deltas themselves were written (versions, storage): no need to compare.
-        written = self._original is None or self._stamp is None or self._stamp[:4] != stamp[:4]
+        written = self._stamp is None or self._stamp[:4] != stamp[:4]  # None: not synced
         if not (verify or written or self._stamp != stamp):
             return
         rows, cols = self.neft_rows, self.neft_cols

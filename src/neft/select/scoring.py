@@ -70,6 +70,13 @@ class NeuronScores:
                               neurons=neurons, percent=percent, params=params,
                               lora_params=lora, lora_rank=match_lora)
 
+    def fitted_budget(self, layers: str | None = None, **spec: Any) -> Budget:
+        """The budget (as for ``budget``), refused when the layer band holds fewer
+        candidates: both are read off the groups, before any scoring."""
+        budget = self.budget(**spec)
+        band_groups(self.groups, layers, budget.neurons)
+        return budget
+
     def select(self, budget: Budget, quota: str | None = None,
                layers: str | None = None,
                avoid: dict[int, torch.Tensor] | None = None) -> NeuronSet:
@@ -145,25 +152,21 @@ def select_neurons(
     spec = {"neurons": neurons, "percent": percent, "params": params, "match_lora": match_lora,
             "lora_target_modules": lora_target_modules}
     budgets: list[Budget] = []
-
-    def budget_of(scores: NeuronScores) -> Budget:
-        budget = scores.budget(**spec)
-        band_groups(scores.groups, layers, budget.neurons)
-        return budget
-
-    if isinstance(model, str):  # a bad budget fails before minutes of loading a model
+    ratio = parse_avoid(avoid)
+    loads = ratio is not None or get_scorer(scorer).wants_data(
+        has_reference=options.get("reference") is not None)
+    if loads and isinstance(model, str):  # a bad budget fails before minutes of loading
         skeleton = model_skeleton(model)
         if skeleton is not None:
-            budget_of(unscored(skeleton, options.get("target_modules"),
-                               options.get("include_gate", False)))
+            unscored(skeleton, options.get("target_modules"),
+                     options.get("include_gate", False)).fitted_budget(layers, **spec)
 
     def check_budget(scores: NeuronScores) -> None:
-        budgets.append(budget_of(scores))  # before the scoring
+        budgets.append(scores.fitted_budget(layers, **spec))  # before the scoring
         if options.get("progress", True):
             logger.info("neft select: %s, budget %s, pool %s neurons", scorer,
                         budgets[0].describe(), f"{scores.metadata['candidate_pool']:,}")
 
-    ratio = parse_avoid(avoid)
     if ratio is None:
         scores = score_neurons(model, scorer, on_ready=check_budget, **options)
         return scores.select(budgets[0], quota, layers)
@@ -277,8 +280,8 @@ def score_neurons(
     return result
 
 
-def unscored(model: nn.Module, target_modules: Mapping[str, str] | None,
-             include_gate: bool) -> NeuronScores:
+def unscored(model: nn.Module, target_modules: Mapping[str, str] | None = None,
+             include_gate: bool = False) -> NeuronScores:
     """The model's candidate neurons, not scored yet: enough for a budget (a weightless
     model will do)."""
     groups = find_neuron_groups(model, target_modules, include_gate)

@@ -25,11 +25,11 @@ from torch import nn
 from ..core.loading import recorded_name
 from ..core.model import NeftConfig, get_neft_model
 from ..core.neuron_set import NeuronSet
-from ..core.neurons import count_parameters, find_neuron_groups
+from ..core.neurons import find_neuron_groups
 from ..errors import NeftError
 from ..select import get_scorer, select_neurons
-from ..select.budget import Budget, band_groups, linear_shapes, lora_parameters, resolve_budget
 from ..select.massive import DEFAULT_AVOID
+from ..select.scoring import unscored
 from .peers import PEERS, apply_peer
 
 if TYPE_CHECKING:
@@ -207,19 +207,8 @@ def _budget(config: TrainConfig) -> dict[str, Any]:
 def check_selection_budget(model: nn.Module, config: TrainConfig) -> None:
     """The run's budget and layer band fit the model's candidate neurons (a weightless
     model will do): a comparison checks every cell before its first run, not hours in."""
-    if not get_method(config.method).selects_neurons or config.neurons:
-        return
-    band_groups(find_neuron_groups(model), config.select_layers,
-                _resolved_budget(model, config).neurons)
-
-
-def _resolved_budget(model: nn.Module, config: TrainConfig) -> Budget:
-    budget = _budget(config)
-    if "match_lora" in budget:
-        budget = {"lora_params": lora_parameters(linear_shapes(model), budget["match_lora"],
-                                                 budget["lora_target_modules"]),
-                  "lora_rank": budget["match_lora"]}
-    return resolve_budget(find_neuron_groups(model), count_parameters(model), **budget)
+    if get_method(config.method).selects_neurons and not config.neurons:
+        unscored(model).fitted_budget(config.select_layers, **_budget(config))
 
 
 def select_for_training(model: nn.Module, config: TrainConfig, dataset: Any) -> NeuronSet:
@@ -256,7 +245,7 @@ def _on_rank_zero(select: Any) -> NeuronSet:
 def budget_parameters(model: nn.Module, config: TrainConfig) -> int:
     """The parameters neft trains at this budget (neurons x neuron size), which PEFT's
     peers are sized to."""
-    return _resolved_budget(model, config).parameters
+    return unscored(model).budget(**_budget(config)).parameters
 
 
 def method_spec(config: TrainConfig, neurons: NeuronSet | None = None,

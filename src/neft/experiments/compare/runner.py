@@ -78,13 +78,13 @@ def check_data(plan: Plan) -> None:
         except NeftError as error:
             if split != confirm or split in (config.train_split, config.dev_split,
                                              config.test_split):
-                named = [f"{option} {split}" for option, value in (
-                    ("train_split", config.train_split), ("dev_split", config.dev_split),
-                    ("test_split", config.test_split)) if value == split]
-                if f"has no {split}." not in str(error) or not named:
+                options = [option for option in ("train_split", "dev_split", "test_split")
+                           if getattr(config, option) == split]
+                if f"has no {split}." not in str(error) or not options:
                     raise
-                raise NeftError(f"{error} (asked for by {' and '.join(named)}: pass "
-                                f"--{named[0].split()[0]} with a split the data has)") from None
+                asked = " and ".join(f"{option} {split}" for option in options)
+                raise NeftError(f"{error} (asked for by {asked}: pass --{options[0]} with a "
+                                "split the data has)") from None
             raise NeftError(f"{error} (it is front.confirm_split, read only to confirm: add "
                             f"that split, or copy the config without confirm_split)") from None
 
