@@ -206,6 +206,39 @@ def test_export_merged_is_neft_merge(tiny_model_dir: str, tmp_path: Path) -> Non
         load_for_eval(str(tmp_path / "b"), adapter)
 
 
+
+def test_cli_takes_an_adapter_hub_id(tiny_model_dir: str, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`neft export`, `neft merge` and `load_for_eval` (`neft eval`) load an adapter by the
+    Hub id push_to_hub gave it, as from_pretrained does, and record the id, not the cache."""
+    import huggingface_hub
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_neft_model(base, NeftConfig(neurons={"model.layers.0.mlp.up_proj": {"rows": [1]}},
+                                            base_model_name_or_path=tiny_model_dir))
+    with torch.no_grad():
+        model.base_model.model.layers[0].mlp.up_proj.neft_delta_rows.fill_(0.5)
+    model.save_pretrained(tmp_path / "snapshot")
+    asked: list[str] = []
+
+    def fake_snapshot_download(repo_id: str, **_: object) -> str:
+        asked.append(repo_id)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert main(["merge", "--adapter", "me/my-adapter", "--output_dir", str(tmp_path / "m")]) == 0
+    assert main(["export", "--adapter", "me/my-adapter", "--output_dir", str(tmp_path / "l")]) == 0
+    for folder in ("m", "l"):
+        record = json.loads((tmp_path / folder / "neft_export.json").read_text())
+        assert record["adapter"] == "me/my-adapter"
+    from neft.evaluate.load import load_for_eval
+
+    loaded, _, described = load_for_eval(tiny_model_dir, "me/my-adapter")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.model.layers[0].mlp.up_proj.weight,
+                       merged.model.layers[0].mlp.up_proj.weight)
+    assert asked == ["me/my-adapter"] * 3 and described["adapter_type"] == "neft"
+
 # ----------------------------------------------------------------------------- cards
 
 

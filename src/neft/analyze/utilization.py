@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..core.io import atomic_save_file, write_json
 from ..core.loading import EMBEDDED_NAMES, EMBEDDED_ORIGIN, check_length
-from ..core.model import read_adapter_config
+from ..core.model import adapter_folder, read_adapter_config
 from ..core.neuron_set import NeuronSet
 from ..core.neurons import PAPER_POOL, NeuronGroup, find_neuron_groups
 from ..data.records import load_records
@@ -400,6 +400,7 @@ def analyze_utilization(
     if adapter and reference:
         raise NeftError("give either --adapter (compare the model with model + adapter) or "
                         "--reference (compare it with another checkpoint), not both")
+    adapter = adapter_folder(adapter) if adapter else None
     base = model or (_base_of(adapter) if adapter else None)
     if base is None:
         raise NeftError("--model is required: the model whose neurons to score "

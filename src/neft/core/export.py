@@ -30,7 +30,7 @@ from .loading import (
     load_model,
     recorded_name,
 )
-from .model import CONFIG_NAME, WEIGHTS_NAME, NeftModel
+from .model import CONFIG_NAME, WEIGHTS_NAME, NeftModel, adapter_folder
 from .neuron_set import NeuronSet, read_safetensors
 from .neurons import is_conv1d, linear_shape, model_fingerprint
 
@@ -113,7 +113,8 @@ def lora_factors(rows: torch.Tensor, cols: torch.Tensor, delta_rows: torch.Tenso
 def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
                 max_rank: int | None = None, overwrite: bool = False,
                 trust_remote_code: bool = False) -> dict[str, Any]:
-    """Write a PEFT LoRA adapter folder equal to the neft adapter in ``adapter_dir``.
+    """Write a PEFT LoRA adapter folder equal to the neft adapter in ``adapter_dir`` (a
+    folder, or the Hub id of one).
 
     ``max_rank``: pad every module's rank to this (an engine's fixed LoRA rank, e.g.
     vLLM's --max-lora-rank) and refuse modules with more neurons. ``model``: the base
@@ -123,6 +124,7 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
     if max_rank is not None and max_rank < 1:
         raise NeftError(f"--max_rank must be a positive rank (vLLM: {VLLM_RANKS}), not "
                         f"{max_rank}")
+    given, adapter_dir = adapter_dir, adapter_folder(adapter_dir)
     config = check_neft_adapter(adapter_dir)
     _check_export_dir(output_dir, overwrite, [adapter_dir])
     base = model or config.get("base_model_name_or_path")
@@ -184,9 +186,9 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
         atomic_save_file(state, os.path.join(staging, WEIGHTS_NAME), {"format": "pt"})
         write_json(os.path.join(staging, CONFIG_NAME), lora_config)
         write_text(os.path.join(staging, CARD_NAME),
-                   lora_card(base, adapter_dir, len(ranks),
+                   lora_card(base, given, len(ranks),
                              (min(ranks.values()), top), max_rank))
-        _write_record(staging, "lora", adapter_dir, base)
+        _write_record(staging, "lora", given, base)
     report = {"output_dir": output_dir, "modules": len(ranks), "min_rank": min(ranks.values()),
               "max_rank": top, "padded_to": max_rank,
               "bytes": os.path.getsize(os.path.join(output_dir, WEIGHTS_NAME)),
@@ -215,7 +217,10 @@ def _delta(tensors: dict[str, torch.Tensor], path: str, axis: str, shape: tuple[
 def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool = False,
           trust_remote_code: bool = False) -> str:
     """The base model with the adapter's deltas added (exact), saved whole with its
-    tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`)."""
+    tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`). ``adapter``:
+    a folder, or the Hub id of one."""
+    given, adapter = adapter, adapter_folder(adapter)
+    check_neft_adapter(adapter)
     base_name = model_name or NeftModel.saved_base_name(adapter)
     _check_export_dir(output_dir, overwrite, [adapter, base_name], "merged")
     if model_name is None:
@@ -227,7 +232,7 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     with staged_folder(output_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _write_record(staging, "merged", adapter, base_name)
+        _write_record(staging, "merged", given, base_name)
     return output_dir
 
 
@@ -239,8 +244,9 @@ def _check_export_dir(output_dir: str, overwrite: bool, inputs: list[str],
 
 def _write_record(folder: str, format: str, adapter: str, base: str) -> None:
     """What the folder was made from: provenance, and the mark --overwrite looks for."""
+    source = os.path.abspath(adapter) if os.path.exists(adapter) else adapter  # or a Hub id
     write_json(os.path.join(folder, EXPORT_RECORD),
-               {"format": format, "adapter": os.path.abspath(adapter),
+               {"format": format, "adapter": source,
                 "base_model": recorded_name(base) if base else base,
                 "neft_version": __version__})
 
@@ -254,7 +260,6 @@ def export(adapter_dir: str, output_dir: str, format: str = "lora", *, model: st
     if format == "merged":
         if max_rank is not None:
             raise NeftError("--max_rank is for --format lora; a merged model has no rank")
-        check_neft_adapter(adapter_dir)
         merge(model, adapter_dir, output_dir, overwrite, trust_remote_code)
         return {"output_dir": output_dir, "format": "merged"}
     return {**export_lora(adapter_dir, output_dir, model=model, max_rank=max_rank,

@@ -18,7 +18,7 @@ from ..core.loading import (
     load_model,
 )
 from ..core.model import CONFIG_NAME as ADAPTER_CONFIG
-from ..core.model import NeftModel, read_adapter_config
+from ..core.model import NeftModel, adapter_folder, read_adapter_config
 from ..errors import NeftError
 
 # ----------------------------------------------------------------------------- models
@@ -49,7 +49,7 @@ def load_for_eval(
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model, tokenizer, description) for a base model, a full/merged model folder, or a
-    base plus a neft or PEFT (e.g. LoRA) adapter folder.
+    base plus a neft or PEFT (e.g. LoRA) adapter (a folder, or the Hub id of one).
 
     An adapter folder given as model is taken as the adapter. The adapter's base is model,
     else the base_model_name_or_path it recorded. Adapters are merged into the weights
@@ -58,6 +58,8 @@ def load_for_eval(
     """
     if model and adapter is None and _is_adapter_only(os.path.expanduser(model)):
         model, adapter = None, model
+    if adapter:
+        adapter = adapter_folder(adapter)
     saved = read_adapter_config(os.path.expanduser(adapter), peft=True) if adapter else {}
     if model and adapter:
         _refuse_merged_twice(os.path.expanduser(model), os.path.expanduser(adapter))

@@ -167,7 +167,7 @@ class EvalConfig(DataOptions):
     model: str | None = option("model name or path; with --adapter its base (default: the "
                                "base the adapter recorded, else smollm2-135m)")
     adapter: str | None = option("neft or PEFT (LoRA) adapter folder, e.g. a `neft train` "
-                                 "output_dir")
+                                 "output_dir, or its Hub id")
     data: str | None = option("test data: JSONL/CSV/TSV/Parquet file, folder or hub dataset")
     split: str | None = option("split of a folder or hub dataset", "test")
     max_samples: int | None = option("evaluate the first N records")

@@ -86,8 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     util.add_argument("--model", help="model name or path (default: the base an --adapter "
                                       "recorded)")
     second = util.add_mutually_exclusive_group()
-    second.add_argument("--adapter", help="neft or LoRA adapter folder: compare model with "
-                                          "model + adapter")
+    second.add_argument("--adapter", help="neft or LoRA adapter folder (or its Hub id): "
+                                          "compare model with model + adapter")
     second.add_argument("--reference", help="second model or merged checkpoint folder")
     util.add_argument("--data", required=True, help="evaluation data: file or folder of splits")
     util.add_argument("--split", default="test", help="split of a folder (default test)")

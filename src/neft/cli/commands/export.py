@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="--format lora: a PEFT LoRA adapter folder equal to the neft adapter "
                     "(rank = neurons per module, no SVD, no loss). --format merged: the same "
                     "as `neft merge`.")
-    parser.add_argument("--adapter", required=True, help="neft adapter folder (`neft train`)")
+    parser.add_argument("--adapter", required=True,
+                        help="neft adapter folder (`neft train`) or its Hub id")
     parser.add_argument("--format", default="lora", choices=FORMATS,
                         help="lora (default) or merged")
     parser.add_argument("--output_dir", required=True, help="where the export goes")

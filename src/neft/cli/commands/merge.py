@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Same as `neft export --format merged`.")
     parser.add_argument("--model", default=None,
                         help="base model (default: the adapter's base_model_name_or_path)")
-    parser.add_argument("--adapter", required=True, help="adapter folder from `neft train`")
+    parser.add_argument("--adapter", required=True,
+                        help="adapter folder from `neft train`, or its Hub id")
     parser.add_argument("--output_dir", required=True, help="where the merged model goes")
     parser.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True,
                         default=False, help="allow the base model's own code (true / false, "
