@@ -352,6 +352,31 @@ def test_autocast_and_gradient_checkpointing_reach_the_deltas() -> None:
         neft.zero_grad()
 
 
+
+def test_torch_compile_trains_the_same_deltas_without_recompiling() -> None:
+    """Compiled training takes one graph, not one per optimizer step (the fast path's
+    version stamps would be guarded on), and learns what eager training learns, also
+    after an eager pass has written W0 + D into the base weight."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    base = make_model("llama")
+    neurons = pick_neurons(base)
+    eager = get_neft_model(base, NeftConfig(neurons=neurons))
+    compiled = get_neft_model(make_model("llama"), NeftConfig(neurons=neurons))
+    logits(compiled)  # eager: the base weight now holds W0 + D
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled.forward = torch.compile(compiled.forward, backend=counter)
+    train_steps(eager)
+    train_steps(compiled)
+    assert counter.frame_count == 2  # the first pass puts W0 back (once), then one graph
+    torch.testing.assert_close(logits(compiled), logits(eager))
+    for (_, a), (_, b) in zip(eager.neft_layers(), compiled.neft_layers()):
+        torch.testing.assert_close(a.neft_delta_rows, b.neft_delta_rows)
+        torch.testing.assert_close(a.neft_delta_cols, b.neft_delta_cols)
+    compiled.forward = type(compiled).forward.__get__(compiled)
+    torch.testing.assert_close(logits(compiled), logits(eager))  # eager again: W0 + D synced
+
 def test_works_inside_transformers_trainer(tmp_path) -> None:
     from transformers import Trainer, TrainingArguments
 

@@ -158,3 +158,13 @@ def test_merge_command_writes_a_plain_model_with_adapter_logits(tiny_model_dir, 
         torch.testing.assert_close(merged(ids).logits, wrapped(input_ids=ids).logits)
     assert cli_main(["merge", "--adapter", str(adapter), "--output_dir", str(merged_dir)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_torch_compile_reaches_the_trainer(tiny_model_dir, toy_data_dir, tmp_path) -> None:
+    """`--torch_compile` is Trainer's; the layers compile without per-step recompiles
+    (test_core)."""
+    from neft.train.trainer import training_arguments
+
+    args = training_arguments(config(tiny_model_dir, toy_data_dir, tmp_path,
+                                     torch_compile=True), has_eval=False)
+    assert args.torch_compile and args.torch_compile_backend == "inductor"

@@ -206,6 +206,15 @@ class NeuronDeltaLayer(_NeuronLayerBase):
             if self._original is not None:
                 return self._forward_original(x, *self._original)
             return self.base_layer(x)
+        if torch.compiler.is_compiling():
+            # The fast path's sync is Python state (version stamps) that compiled code
+            # would guard on, recompiling at every optimizer step until it gave up; compiled
+            # code adds the deltas as tensors.
+            if self.merged:
+                return self.base_layer(x)
+            if self._original is not None:
+                self._unsync_before_fallback()
+            return self._forward_added(x)
         if self.merged or self._can_sync():
             self._sync(verify=torch.is_grad_enabled() or self._verify_next)
             y = self.base_layer(x)
@@ -215,6 +224,10 @@ class NeuronDeltaLayer(_NeuronLayerBase):
                 return y
             return _DeltaGrad.apply(y, x, rows, cols, self.neft_rows, self.neft_cols)
         self._unsync_before_fallback()
+        return self._forward_added(x)
+
+    def _forward_added(self, x: torch.Tensor) -> torch.Tensor:
+        """x W0^T, plus the deltas' own products: any weight (sharded, quantized, offloaded)."""
         y = self.base_layer(x)
         if self.neft_rows.numel():
             update = F.linear(x, self.neft_delta_rows.to(x.dtype))

@@ -165,6 +165,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
             bf16=_use_bf16(config.bf16),
             activation_checkpointing=config.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False},
+            torch_compile=config.torch_compile,
             report_to=[] if config.report_to == "none" else config.report_to.split(","),
             remove_unused_columns=False,
             use_cpu=not torch.cuda.is_available(),
