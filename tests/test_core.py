@@ -371,7 +371,7 @@ def test_torch_compile_trains_the_same_deltas_without_recompiling() -> None:
     train_steps(compiled)
     assert counter.frame_count == 2  # the first pass puts W0 back (once), then one graph
     torch.testing.assert_close(logits(compiled), logits(eager))
-    for (_, a), (_, b) in zip(eager.neft_layers(), compiled.neft_layers()):
+    for (_, a), (_, b) in zip(eager.neft_layers(), compiled.neft_layers(), strict=True):
         torch.testing.assert_close(a.neft_delta_rows, b.neft_delta_rows)
         torch.testing.assert_close(a.neft_delta_cols, b.neft_delta_cols)
     compiled.forward = type(compiled).forward.__get__(compiled)
