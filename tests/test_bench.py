@@ -81,6 +81,25 @@ def test_every_mode_reports_its_numbers() -> None:
     assert all(c["passed"] for c in checks if c["target"].startswith("optimizer state"))
 
 
+
+def test_torch_compile_measures_the_compiled_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--torch_compile` runs every mode's steps through torch.compile (here its eager
+    backend: the layers' compiled path is test_core's)."""
+    compiled: list[str] = []
+    real = torch.compile
+
+    def eager_compile(model: torch.nn.Module, **_: object) -> torch.nn.Module:
+        compiled.append(type(model).__name__)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    neurons, rank = resolve("lora-r8", skeleton("tiny-random"))
+    for mode in ("floor", "neft"):
+        run = measure({**spec(mode, neurons if mode == "neft" else 0, rank),
+                       "torch_compile": True})
+        assert run["step_s"] > 0 and run["trainable"] == (neurons * 64 if mode == "neft" else 0)
+    assert compiled == ["LlamaForCausalLM", "NeftModel"]
+
 def test_benchmark_runs_each_mode_in_its_own_process_and_writes_files(tmp_path) -> None:
     config = BenchConfig(model="tiny-random", modes="floor,neft,full", budgets="lora-r8",
                          sweep="paper-3", per_device_train_batch_size=2, max_length=16,

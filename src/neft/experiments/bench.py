@@ -111,6 +111,8 @@ class BenchConfig:
     learning_rate: float = option("AdamW learning rate", 1e-4)
     threads: int = option("torch threads (CPU)", 2)
     gradient_checkpointing: bool = option("checkpoint every block, in every mode", False)
+    torch_compile: bool = option("torch.compile the model in every mode (its compile time "
+                                 "falls in the warm-up steps: keep them >= 1)", False)
     autocast: str | None = option("run forward/backward under torch.autocast in this dtype")
     layers: str | None = option("draw the neuron modes' neurons only from these blocks (a "
                                 "layer band: 'upper:15', '15-29'): below it backward stops")
@@ -309,13 +311,16 @@ def adapter_bytes(model: nn.Module, mode: str) -> int:
         return os.path.getsize(os.path.join(folder, "adapter_model.safetensors"))
 
 
-def forward_loss(model: nn.Module, mode: str, ids: torch.Tensor) -> torch.Tensor:
-    """The training loss of one batch; ``floor`` feeds embeddings that need a gradient, so
-    that backward runs through every layer with nothing trainable."""
+def forward_loss(model: nn.Module, mode: str, ids: torch.Tensor,
+                 run: nn.Module | None = None) -> torch.Tensor:
+    """The training loss of one batch through ``run`` (``model`` compiled, or ``model``);
+    ``floor`` feeds embeddings that need a gradient, so that backward runs through every
+    layer with nothing trainable."""
+    run = model if run is None else run
     if mode == "floor":
         inputs = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        return model(inputs_embeds=inputs, labels=ids, use_cache=False).loss
-    return model(input_ids=ids, labels=ids, use_cache=False).loss
+        return run(inputs_embeds=inputs, labels=ids, use_cache=False).loss
+    return run(input_ids=ids, labels=ids, use_cache=False).loss
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -331,6 +336,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                                spec.get("layers"))
     if spec["gradient_checkpointing"]:
         _enable_checkpointing(model)
+    run = torch.compile(model) if spec.get("torch_compile") else model
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused, as Trainer's default optimizer (adamw_torch_fused) is.
     optimizer = torch.optim.AdamW(params, lr=spec["learning_rate"], fused=True) if params else None
@@ -345,7 +351,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     for ids in batches:
         start = time.perf_counter()
         with autocast:
-            loss = forward_loss(model, mode, ids)
+            loss = forward_loss(model, mode, ids, run)
         loss.backward()
         if optimizer is not None:
             optimizer.step()
@@ -387,7 +393,8 @@ def plan(config: BenchConfig) -> list[dict[str, Any]]:
         "warmup_steps": config.warmup_steps, "steps": config.steps,
         "learning_rate": config.learning_rate, "threads": config.threads,
         "gradient_checkpointing": bool(config.gradient_checkpointing),
-        "autocast": config.autocast, "seed": config.seed, "layers": config.layers,
+        "torch_compile": bool(config.torch_compile), "autocast": config.autocast,
+        "seed": config.seed, "layers": config.layers,
         "budget": None, "budget_neurons": 0, "neurons": 0, "lora_rank": 0,
     }
     budget_free = [{**common, "mode": m} for m in modes if m not in BUDGET_MODES + ("floor",)]
