@@ -46,9 +46,12 @@ challenger=neft-drift-aware-lora8
 stage selection-en-de "$lead,$challenger"
 stage selection-sum-en-en "$lead,$challenger"
 # The default (and the challenger) on a pair no choice was made on, with the recipe of
-# docs/selection.md ("Checking the default on your own pair or task"): en-es, test confirms.
-stage selection-en-de "$lead,lora-r8,$challenger" --data ../shared/data/ddtp/translation/en-es \
-    --target_lang es --output_dir outputs/compare/check-en-es
+# docs/selection.md ("Checking the default on your own pair or task"): en-es, test confirms;
+# the two that decide the default first, then plain random neurons and LoRA r8.
+check=(--data ../shared/data/ddtp/translation/en-es --target_lang es
+       --output_dir outputs/compare/check-en-es)
+stage selection-en-de "random-avoid-lora8,$challenger" "${check[@]}"
+stage selection-en-de "$lead,lora-r8,$challenger" "${check[@]}"
 stage selection-sum-en-en "" --first_runs
 stage selection-en-de
 stage selection-sum-en-en
