@@ -154,7 +154,8 @@ def test_a_dry_run_prices_what_is_left_at_the_pace_of_finished_runs(
 def test_runs_record_their_data_files_contents_not_only_the_path(tiny_model_dir, toy_data_dir,
                                                                  tmp_path) -> None:
     """A data file edited in place makes every run on it a changed one; runs recorded
-    before the contents were (no data_files) are taken as made with the current files."""
+    before the contents were (no data_files) are taken as made with the current files, and
+    runs recorded before a setting existed as made with its old behaviour."""
     from neft.experiments.compare.plan import first_difference
 
     data = tmp_path / "data"
@@ -174,6 +175,13 @@ def test_runs_record_their_data_files_contents_not_only_the_path(tiny_model_dir,
     assert first_difference(before[-1]["data_files"], after[-1]["data_files"]) is not None
     recorded_earlier = {k: v for k, v in after[-1].items() if k != "data_files"}
     assert first_difference(recorded_earlier, after[-1]) is None
+    # A setting added later: a record without it was made with its old behaviour.
+    train = {k: v for k, v in after[-1]["train"].items() if k != "torch_compile"}
+    assert after[-1]["train"]["torch_compile"] is False
+    assert first_difference({**after[-1], "train": train}, after[-1]) is None
+    compiled = {**after[-1], "train": {**after[-1]["train"], "torch_compile": True}}
+    assert first_difference({**after[-1], "train": train}, compiled) == (
+        "train.torch_compile: None -> True")
 
 
 def test_a_missing_split_names_the_option_that_asked_for_it(tiny_model_dir, toy_data_dir,

@@ -181,16 +181,20 @@ def canonical(data: Any) -> Any:
     return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
-# Settings recorded since a date: a run recorded before holds none, and is taken as made
-# with the current value (its contents cannot be checked any more).
-RECORDED_SINCE = ("data_files",)  # 2026-12-08
+# Settings recorded since runs were first recorded: a run recorded before holds none, and
+# was made with the value here (None: any; a data file's contents cannot be checked later).
+ADDED_SETTINGS: dict[str, Any] = {
+    "data_files": None,  # 2026-12-07
+    "torch_compile": False,  # 2026-12-08: neft train --torch_compile
+}
 
 
 def first_difference(old: Any, new: Any, path: str = "") -> str | None:
     """'train.max_steps: 60 -> 100' for the first setting that differs, else None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            if key in RECORDED_SINCE and key not in old:
+            if key not in old and key in ADDED_SETTINGS and ADDED_SETTINGS[key] in (
+                    None, new[key]):
                 continue
             found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path
                                      else key)
