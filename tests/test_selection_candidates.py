@@ -343,6 +343,25 @@ def test_avoid_massive_measures_against_the_units_that_are_active():
                                           "model.layers.1.mlp.up_proj::rows": [last]}
 
 
+
+def test_avoid_massive_on_every_architecture_and_flattened_inputs(arch):
+    """The default rule runs on every preset architecture: OPT feeds fc2 a flattened
+    [batch x seq, width] input (a MoE's shared expert does too), and a planted unit is
+    found there as in [batch, seq, width]."""
+    model = make_model(arch)
+    groups = find_neuron_groups(model)
+    pool = sum(g.count for g in groups)
+    chosen = select_neurons(model, "random", neurons=pool // 2, data=examples(), progress=False)
+    assert chosen.num_neurons() == pool // 2
+    if arch == "opt":
+        with torch.no_grad():
+            model.model.decoder.layers[1].fc1.weight[5].mul_(1000)
+            model.model.decoder.layers[1].fc1.bias[5] = 1000.0
+        chosen = select_neurons(model, "random", neurons=pool - 2, data=examples(),
+                                progress=False)
+        assert chosen.metadata["avoided"] == {"model.decoder.layers.1.fc1::rows": [5],
+                                              "model.decoder.layers.1.fc2::cols": [5]}
+
 def test_avoid_massive_on_a_backbone_that_cannot_generate():
     """A bare backbone (no LM head, no generate) still gets the default rule: the pass runs
     on seeded random token ids, and finds a planted massive unit there too."""

@@ -83,8 +83,16 @@ def activation_ratios(model: nn.Module, groups: Sequence[NeuronGroup],
         group = groups[index]
 
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            # [batch, seq, width], or flattened to [batch x seq, width] (OPT's fc2, a MoE's
+            # shared expert)
             part = inputs[0].detach()[..., group.start:group.start + group.count]
-            sums[index] += part.abs()[mask[0].to(part.device)].double().sum(0).cpu()
+            part = part.reshape(-1, group.count)
+            tokens = mask[0].reshape(-1).to(part.device)
+            if part.shape[0] != tokens.numel():
+                raise NeftError(f"{group.module} sees {part.shape[0]} positions of a batch of "
+                                f"{tokens.numel()} tokens, so its massive units cannot be "
+                                "measured: pass avoid='none' (CLI --avoid none)")
+            sums[index] += part[tokens].abs().double().sum(0).cpu()
         return hook
 
     hooks = [modules[groups[i].module].register_forward_pre_hook(record(i)) for i in columns]
