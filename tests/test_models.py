@@ -51,6 +51,26 @@ def test_load_local_model_sets_pad_token(tmp_path):
         load_model(str(tmp_path), dtype="float33")
 
 
+
+def test_a_folder_without_tokenizer_files_is_refused_not_trained_on(tmp_path, toy_data_dir):
+    """transformers builds an empty tokenizer for a folder that has none: every example
+    would tokenize to nothing, and a run 'succeed' with a loss of 0. Refused in one line,
+    before any output."""
+    from neft.cli import main
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM(Qwen2Config(  # Qwen2's tokenizer class builds an empty one
+        vocab_size=4, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2))
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(NeftError, match="has no tokenizer files"):
+        load_model(str(tmp_path / "model"))
+    assert main(["train", "--model", str(tmp_path / "model"), "--train_file", toy_data_dir,
+                 "--num_neurons", "2", "--max_steps", "1",
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
 def test_ensure_pad_token_keeps_an_existing_one():
     tokenizer = tiny_tokenizer(pad=True)
     tokenizer.pad_token = "[UNK]"
