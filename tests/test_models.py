@@ -56,9 +56,9 @@ def test_a_folder_without_tokenizer_files_is_refused_not_trained_on(tmp_path, to
     """transformers builds an empty tokenizer for a folder that has none: every example
     would tokenize to nothing, and a run 'succeed' with a loss of 0. Refused in one line,
     before any output."""
-    from neft.cli import main
-
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from neft.cli import main
 
     model = Qwen2ForCausalLM(Qwen2Config(  # Qwen2's tokenizer class builds an empty one
         vocab_size=4, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
