@@ -85,6 +85,31 @@ def test_unknown_architecture_says_how_to_name_modules() -> None:
         ("0", "rows", 8, 4), ("2", "cols", 8, 4)]
 
 
+
+def test_a_multimodal_model_offers_its_language_models_neurons_only() -> None:
+    """Gemma 3 (4B and up) loads as Gemma3ForConditionalGeneration: its vision tower's MLPs
+    never move in text training, so they are not candidates; the default selection runs
+    on the composite config (special tokens on its text_config)."""
+    import transformers
+
+    from neft import select_neurons
+
+    config = transformers.Gemma3Config(
+        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=24,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=8, max_position_embeddings=64, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=16, intermediate_size=20, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=16, patch_size=8),
+        mm_tokens_per_image=4, image_token_index=60, boi_token_index=61, eoi_token_index=62)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    groups = find_neuron_groups(model)
+    assert [g.module for g in groups] == [f"model.language_model.layers.{i}.mlp.{m}"
+                                          for i in (0, 1) for m in ("up_proj", "down_proj")]
+    chosen = select_neurons(model, "random", neurons=20, progress=False)
+    assert chosen.num_neurons() == 20 and set(chosen.modules()) <= {g.module for g in groups}
+
 def test_routed_experts_are_named_as_left_out_and_a_wrapped_model_is_refused(caplog) -> None:
     import transformers
 
@@ -97,6 +122,11 @@ def test_routed_experts_are_named_as_left_out_and_a_wrapped_model_is_refused(cap
         groups = find_neuron_groups(moe)
     assert groups and all("shared_expert" in g.module for g in groups)
     assert "2 mixture-of-experts blocks" in caplog.text and "routed experts" in caplog.text
+    from neft import select_neurons  # the default rule reads the shared expert's flat input
+
+    data = [{"input_ids": row, "labels": row} for row in make_batch(batch=8).tolist()]
+    assert select_neurons(moe, "random", neurons=8, data=data, progress=False
+                          ).metadata["avoid_measured_on"] == "the task data"
     model = make_model("llama")
     neft = get_neft_model(model, NeftConfig(neurons=pick_neurons(model)))
     with pytest.raises(NeftError, match="is a NeftModel already: select neurons on its base"):

@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import time
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -293,13 +294,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def text_config(model: nn.Module) -> Any:
+    """The config of the model's language part: a multimodal model (Gemma 3, LLaVA) keeps
+    vocab, positions and special tokens on its text_config. None without a config."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return config
+
+
 def position_limit(model: nn.Module) -> tuple[int, str] | None:
     """(positions, config field) the model can attend over, when its config says: learned
     position tables (GPT-2's n_positions, OPT) fail with an IndexError past it, rotary
     models degrade. None when the config names no limit."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    config = text_config(model)
     for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:

@@ -128,9 +128,20 @@ def _children(module: nn.Module) -> dict[str, nn.Module]:
     return dict(module.named_children())
 
 
+def _language_parts(model: nn.Module) -> tuple[str, ...]:
+    """Path prefixes of a multimodal model's language model (Gemma 3, LLaVA, Qwen2-VL keep
+    it as ``language_model`` beside a vision tower): text training never moves the
+    tower's neurons, so they would spend the budget on nothing. Empty: the whole model."""
+    return tuple(name + "." for name, _ in model.named_modules()
+                 if name.rsplit(".", 1)[-1] == "language_model")
+
+
 def _preset_groups(model: nn.Module, include_gate: bool) -> list[NeuronGroup]:
     groups: list[NeuronGroup] = []
+    language = _language_parts(model)
     for path, module in model.named_modules():
+        if language and not (path + ".").startswith(language):
+            continue
         children = _children(module)
         for _, in_name, out_name, gate_name, fused in MLP_LAYOUTS.values():
             up, down = children.get(in_name), children.get(out_name)

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.layers import full_tensor, is_dtensor
-from ..core.loading import position_limit
+from ..core.loading import position_limit, text_config
 from ..core.neurons import is_conv1d
 from ..data.records import load_records
 from ..data.tokenize import DataCollator, TokenizedDataset, build_dataset
@@ -448,7 +448,7 @@ def base_samples(model: nn.Module, count: int, length: int, seed: int, pad_token
     """count texts of length tokens sampled from the model (seeded, the caller's RNG left
     alone), each its own labels: general text in the model's own distribution."""
     device = next(model.parameters()).device
-    start = model.config.bos_token_id
+    start = getattr(text_config(model), "bos_token_id", None)
     start = pad_token_id if start is None else start
     length = sample_length(model, length)
     was_training = model.training

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.loading import text_config
 from ..core.neurons import NeuronGroup
 from ..errors import NeftError
 
@@ -54,7 +55,7 @@ def model_text(model: nn.Module, seed: int, pad_id: int) -> tuple[list[dict[str,
     count, length = SAMPLES
     if callable(getattr(model, "generate", None)):
         return base_samples(model, count, length, seed, pad_id), "the model's own samples"
-    vocab = getattr(model.config, "vocab_size", None)
+    vocab = getattr(text_config(model), "vocab_size", None)
     if not vocab:
         raise NeftError("avoid=massive without data needs a model that can generate, or a "
                         "config with vocab_size; pass data= (CLI --data) or avoid='none'")
