@@ -83,7 +83,11 @@ def test_unknown_architecture_says_how_to_name_modules() -> None:
     groups = find_neuron_groups(model, target_modules={"0": "rows", "2": "cols"})
     assert [(g.module, g.axis, g.count, g.neuron_params) for g in groups] == [
         ("0", "rows", 8, 4), ("2", "cols", 8, 4)]
-
+    # both axes of one module; a module two patterns match counts once
+    groups = find_neuron_groups(model, target_modules={"0": "rows+cols", r"\d": "rows"})
+    assert [(g.module, g.axis) for g in groups] == [("0", "rows"), ("0", "cols"), ("2", "rows")]
+    with pytest.raises(NeftError, match=r"'cols' \(input units\) or 'rows\+cols'"):
+        find_neuron_groups(model, target_modules={"0": "both"})
 
 
 def test_a_multimodal_model_offers_its_language_models_neurons_only() -> None:

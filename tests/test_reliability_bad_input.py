@@ -208,6 +208,9 @@ CASES = [
     # modules and architectures
     ("unknown module name", [*SELECT, "--neurons", "3", "--target_modules", "mlp.nope=rows"],
      r"no linear layer matches 'mlp\.nope'"),
+    ("a module named twice", [*SELECT, "--neurons", "3", "--target_modules",
+                              "mlp.up_proj=rows,mlp.up_proj=cols"],
+     r"names mlp.up_proj twice: give each module once \(both axes: mlp.up_proj=rows\+cols\)"),
     ("malformed --target_modules", [*SELECT, "--neurons", "3", "--target_modules", "mlp.up"],
      r"'mlp\.up': write module=axis pairs"),
     ("unknown LoRA module", T("--lora_target_modules", "q_prj", method="lora", budget=()),

@@ -175,11 +175,14 @@ def _match(pattern: str, path: str) -> bool:
 
 
 def _explicit_groups(model: nn.Module, target_modules: Mapping[str, str]) -> list[NeuronGroup]:
+    """One group per matched module and axis: a module two patterns match counts once."""
     groups: list[NeuronGroup] = []
-    for pattern, axis in target_modules.items():
-        if axis not in AXES:
-            raise NeftError(f"target_modules[{pattern!r}] = {axis!r}: the axis must be 'rows' "
-                            "(output units) or 'cols' (input units)")
+    seen: set[tuple[str, str]] = set()
+    for pattern, value in target_modules.items():
+        axes = str(value).split("+")
+        if not all(axis in AXES for axis in axes):
+            raise NeftError(f"target_modules[{pattern!r}] = {value!r}: the axis must be 'rows' "
+                            "(output units), 'cols' (input units) or 'rows+cols'")
         found = [(p, m) for p, m in model.named_modules() if p and _match(pattern, p)]
         found = [(p, m) for p, m in found if is_target_layer(m)]
         if not found:
@@ -188,8 +191,13 @@ def _explicit_groups(model: nn.Module, target_modules: Mapping[str, str]) -> lis
         kind = pattern.split(".")[-1]
         for path, module in found:
             shape = linear_shape(module)
-            count = shape[0] if axis == "rows" else shape[1]
-            groups.append(NeuronGroup(path, axis, 0, count, kind, layer_index(path), shape))
+            for axis in dict.fromkeys(axes):
+                if (path, axis) in seen:
+                    continue
+                seen.add((path, axis))
+                count = shape[0] if axis == "rows" else shape[1]
+                groups.append(NeuronGroup(path, axis, 0, count, kind, layer_index(path),
+                                          shape))
     return groups
 
 
@@ -199,7 +207,7 @@ def find_neuron_groups(model: nn.Module, target_modules: Mapping[str, str] | Non
 
     Presets are recognised from module structure (a module whose children are e.g.
     ``up_proj`` + ``down_proj`` of matching sizes), not from model names. Pass
-    ``target_modules={"path or regex": "rows" | "cols"}`` for anything else.
+    ``target_modules={"path or regex": "rows" | "cols" | "rows+cols"}`` for anything else.
     """
     if target_modules:
         return _explicit_groups(model, target_modules)

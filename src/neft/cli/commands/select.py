@@ -34,6 +34,11 @@ def _target_modules(text: str) -> dict[str, str]:
         # ArgumentTypeError, so that argparse shows this message, not "invalid value".
         raise argparse.ArgumentTypeError(f"{text!r}: write module=axis pairs, e.g. "
                                          "mlp.fc_in=rows,mlp.fc_out=cols")
+    named = [module for module, _, _ in pairs]
+    twice = next((m for m in named if named.count(m) > 1), None)
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r} names {twice} twice: give each module once "
+                                         f"(both axes: {twice}=rows+cols)")
     return {module: axis for module, _, axis in pairs}
 
 
@@ -97,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             if s.defaults))
     parser.add_argument("--target_modules", type=_target_modules, default=None,
                         help="candidate modules and axes, e.g. mlp.fc_in=rows,mlp.fc_out=cols "
-                             "(default: the MLP preset found in the model)")
+                             "(rows+cols: both; default: the MLP preset found in the model)")
     parser.add_argument("--include_gate", action="store_true", help="gate_proj rows too")
     sets = parser.add_mutually_exclusive_group()
     sets.add_argument("--union", nargs="+", metavar="SET", help="union of NeuronSet files")
