@@ -185,6 +185,22 @@ def test_tied_weights_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+
+def test_export_refuses_a_lora_peft_would_not_load(tmp_path: Path) -> None:
+    """peft judges the LoRA before it is written: a Mamba mixer's out_proj (which neft can
+    train, named with target_modules) is a module peft refuses to adapt."""
+    base = transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2))
+    base.save_pretrained(tmp_path / "base")
+    model = get_neft_model(base, NeftConfig(neurons={
+        "backbone.layers.0.mixer.in_proj": {"rows": [1]},
+        "backbone.layers.1.mixer.out_proj": {"cols": [2]}}))
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(NeftError, match=r"peft would not load this LoRA \(.*out_proj.*\); use "
+                                        "--format merged"):
+        export_lora(str(tmp_path / "adapter"), str(tmp_path / "out"), model=str(tmp_path / "base"))
+    assert not (tmp_path / "out").exists()
+
 def test_export_merged_is_neft_merge(tiny_model_dir: str, tmp_path: Path) -> None:
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = get_neft_model(base, NeftConfig(neurons={"model.layers.0.mlp.up_proj": {"rows": [1]}},

@@ -150,7 +150,9 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
         layer = skeleton.get_submodule(path)
         if path in tied:
             raise NeftError(f"{path} shares its weight with {tied[path]} (tied embeddings): "
-                            "neft's delta changes both, a LoRA only one; use --format merged")
+                            "neft changes only this module, but a LoRA on it, once merged "
+                            "(peft, an engine), changes the shared weight and so both; use "
+                            "--format merged (neft gives the module its own weight)")
         rows, cols = neurons.get(path, "rows"), neurons.get(path, "cols")
         shape = linear_shape(layer)
         needed = rows.numel() + cols.numel()
@@ -182,6 +184,7 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
         "fan_in_fan_out": bool(conv1d), "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "modules_to_save": None, "inference_mode": True,
     }
+    _check_peft_accepts(lora_config, skeleton)
     with staged_folder(output_dir) as staging:
         atomic_save_file(state, os.path.join(staging, WEIGHTS_NAME), {"format": "pt"})
         write_json(os.path.join(staging, CONFIG_NAME), lora_config)
@@ -196,6 +199,21 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
     logger.info("exported %s to %s: %d modules, rank %d-%d", adapter_dir, output_dir,
                 report["modules"], report["min_rank"], report["max_rank"])
     return report
+
+
+def _check_peft_accepts(lora_config: dict[str, Any], skeleton: nn.Module) -> None:
+    """Let peft judge the LoRA before it is written, on the weightless skeleton (which this
+    changes): it refuses modules it cannot adapt, e.g. a Mamba mixer's out_proj."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    try:
+        inject_adapter_in_model(LoraConfig(**{k: v for k, v in lora_config.items()
+                                              if k != "peft_type"}), skeleton)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else repr(exc)
+        raise NeftError(f"peft would not load this LoRA ({reason}); use --format merged"
+                        ) from exc
 
 
 def _delta(tensors: dict[str, torch.Tensor], path: str, axis: str, shape: tuple[int, int],
