@@ -68,12 +68,16 @@ def test_presets_find_in_rows_and_out_columns(arch: str) -> None:
         assert module is not None
 
 
-def test_gate_rows_are_optional() -> None:
+def test_gate_rows_are_optional(caplog) -> None:
     groups = find_neuron_groups(make_model("llama"), include_gate=True)
     assert sorted({g.kind for g in groups}) == ["down", "gate", "up"]
     phi = find_neuron_groups(make_model("phi3"), include_gate=True)
     gate = [g for g in phi if g.kind == "gate"][0]
     assert (gate.module.endswith("gate_up_proj"), gate.start, gate.count) == (True, 0, 24)
+    with caplog.at_level(logging.WARNING, logger="neft"):  # said, not silently ignored
+        gpt2 = find_neuron_groups(make_model("gpt2"), include_gate=True)
+    assert {g.kind for g in gpt2} == {"up", "down"}
+    assert "include_gate: the MLP of GPT2LMHeadModel has no gate projection" in caplog.text
 
 
 def test_unknown_architecture_says_how_to_name_modules() -> None:

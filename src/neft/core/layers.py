@@ -505,7 +505,8 @@ class NeuronMaskLayer(_NeuronLayerBase):
 
     def unmerge(self) -> None:
         raise NeftError("mask mode trains the base weight in place and cannot unmerge; use "
-                        "mode='compact' to keep the base weight intact")
+                        "mode='compact' (neft train --neft_mode compact) to keep the base weight "
+                        "intact")
 
     def get_deltas(self) -> tuple[torch.Tensor, torch.Tensor]:
         weight = _logical_weight(self.base_layer).detach()

@@ -167,7 +167,8 @@ class NeftModel(nn.Module):
                 elif path in shared:
                     raise NeftError(f"{path} shares its weight with another module (tied "
                                     "embeddings), which mask mode would train too; use "
-                                    "mode='compact' or leave it out of the neurons")
+                                    "mode='compact' (neft train --neft_mode compact) or "
+                                    "leave it out of the neurons")
                 else:
                     layer = NeuronMaskLayer(base_layer, rows, cols)
                 _set_submodule(model, path, layer)
@@ -363,8 +364,8 @@ class NeftModel(nn.Module):
         if moved:
             logger.warning("mask mode: weights off the selected neurons changed in %d modules "
                            "(e.g. %s; weight decay does that), so %s; train mask mode with "
-                           "weight_decay=0, or use mode='compact'", len(moved), moved[0],
-                           consequence)
+                           "weight_decay=0, or use mode='compact' (--neft_mode compact)",
+                           len(moved), moved[0], consequence)
 
     # -- save / load -----------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:

@@ -215,6 +215,9 @@ def find_neuron_groups(model: nn.Module, target_modules: Mapping[str, str] | Non
         raise NeftError("this model is a NeftModel already: select neurons on its base model "
                         "(model.base_model), before wrapping it")
     groups = _preset_groups(model, include_gate)
+    if include_gate and groups and not any(g.kind == "gate" for g in groups):
+        logger.warning("include_gate: the MLP of %s has no gate projection; its up and down "
+                       "neurons are the candidates", type(model).__name__)
     experts = {name for name, module in model.named_modules()
                if name.rsplit(".", 1)[-1] == "experts"}
     if experts:
