@@ -238,7 +238,6 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`). ``adapter``:
     a folder, or the Hub id of one."""
     given, adapter = adapter, adapter_folder(adapter)
-    check_neft_adapter(adapter)
     base_name = model_name or NeftModel.saved_base_name(adapter)
     _check_export_dir(output_dir, overwrite, [adapter, base_name], "merged")
     if model_name is None:
@@ -278,6 +277,7 @@ def export(adapter_dir: str, output_dir: str, format: str = "lora", *, model: st
     if format == "merged":
         if max_rank is not None:
             raise NeftError("--max_rank is for --format lora; a merged model has no rank")
+        check_neft_adapter(adapter_folder(adapter_dir))
         merge(model, adapter_dir, output_dir, overwrite, trust_remote_code)
         return {"output_dir": output_dir, "format": "merged"}
     return {**export_lora(adapter_dir, output_dir, model=model, max_rank=max_rank,
