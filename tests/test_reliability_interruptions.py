@@ -191,6 +191,15 @@ def test_resume_refuses_changed_data_and_leaves_a_finished_run_alone(tiny_model_
     assert "is finished (step 7 of max_steps 7); nothing to resume" in capsys.readouterr().err
     assert _files(out) == before
     assert json.loads((out / "neft_run.json").read_text())["result"]["global_step"] == 7
+    # a run recorded before an option existed (torch_compile) was made without it
+    record = json.loads((out / "neft_run.json").read_text())
+    del record["torch_compile"]
+    (out / "neft_run.json").write_text(json.dumps(record))
+    before = _files(out)
+    assert main([*argv, "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--torch_compile", "true"]) == 2
+    assert "option torch_compile differs from the run" in capsys.readouterr().err
 
     lines = data.read_text().splitlines()
     data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")

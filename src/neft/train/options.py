@@ -20,6 +20,15 @@ from .methods import METHODS
 # The options that shape a selection made on the fly (not one read from --neurons).
 SELECTION_SHAPES = ("select_layers", "select_quota", "select_avoid")
 AUTO_AVOID = "auto"  # select_avoid's default: each method's own rule (Method.avoid)
+# Options added after runs were first recorded, with the value that gives the behaviour
+# from before: a record without one (neft_run.json, a compare spec) was made with it.
+ADDED_OPTIONS: dict[str, Any] = {"torch_compile": False}  # 2026-12-08
+
+
+def recorded_option(record: dict[str, Any], name: str) -> Any:
+    """An option's value in a run's record, reading one the record predates as made with
+    the behaviour from before it existed."""
+    return record[name] if name in record else ADDED_OPTIONS.get(name)
 
 
 @dataclass

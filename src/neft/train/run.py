@@ -39,7 +39,7 @@ from ..data.records import FILE_FORMATS, load_records
 from ..data.tokenize import DataCollator, build_dataset, format_length_stats, length_stats
 from ..errors import NeftError
 from .methods import get_method, prepare_model, trainable_parameters
-from .options import TrainConfig, fsdp_option
+from .options import TrainConfig, fsdp_option, recorded_option
 from .trainer import NeftTrainer, StopOnSignal, plot_losses, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -106,10 +106,11 @@ def prepare_output_dir(config: TrainConfig) -> bool:
                         "or --overwrite to replace it")
     current = config.to_dict()
     changed = [k for k in current if k not in RESUME_FREE
-               and not _same_option(k, previous.get(k), current[k])]
+               and not _same_option(k, recorded_option(previous, k), current[k])]
     if changed:
         raise NeftError(f"--resume: option {changed[0]} differs from the run in {path} "
-                        f"({previous.get(changed[0])!r} vs {current[changed[0]]!r}); resume "
+                        f"({recorded_option(previous, changed[0])!r} vs "
+                        f"{current[changed[0]]!r}); resume "
                         "with the same options or use --overwrite")
     return any(name.startswith("checkpoint-") for name in os.listdir(path))
 

@@ -24,6 +24,7 @@ from ...data.sources import fingerprint, load_drift_sets
 from ...errors import NeftError
 from ...evaluate.metrics import parse_metrics
 from ...train import METHODS, SELECTION_SHAPES, TrainConfig
+from ...train.options import ADDED_OPTIONS
 
 # TrainConfig options that compare sets itself, with where the user gives them instead.
 OWNED_TRAIN = {
@@ -181,11 +182,12 @@ def canonical(data: Any) -> Any:
     return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
-# Settings recorded since runs were first recorded: a run recorded before holds none, and
-# was made with the value here (None: any; a data file's contents cannot be checked later).
+# Settings recorded since runs were first recorded, by path: a run recorded before holds
+# none, and was made with the value here (None: any; a data file's contents cannot be
+# checked later).
 ADDED_SETTINGS: dict[str, Any] = {
     "data_files": None,  # 2026-12-07
-    "torch_compile": False,  # 2026-12-08: neft train --torch_compile
+    **{f"train.{name}": value for name, value in ADDED_OPTIONS.items()},
 }
 
 
@@ -193,11 +195,11 @@ def first_difference(old: Any, new: Any, path: str = "") -> str | None:
     """'train.max_steps: 60 -> 100' for the first setting that differs, else None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            if key not in old and key in ADDED_SETTINGS and ADDED_SETTINGS[key] in (
-                    None, new[key]):
+            where = f"{path}.{key}" if path else key
+            if key not in old and where in ADDED_SETTINGS and (
+                    ADDED_SETTINGS[where] is None or new[key] is ADDED_SETTINGS[where]):
                 continue
-            found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path
-                                     else key)
+            found = first_difference(old.get(key), new.get(key), where)
             if found:
                 return found
         return None

@@ -41,6 +41,7 @@ from ...train import (
     select_for_training,
     train,
 )
+from ...train.options import recorded_option
 from .front import POINTS_FILE, FrontMeasure, FrontPoints, read_points
 
 JOB_FILE = "job.json"
@@ -125,7 +126,7 @@ def train_or_reuse(values: dict[str, Any], callbacks: list[Any] | None = None
     elif os.path.isdir(folder):
         shutil.rmtree(folder)  # killed before train() recorded the run: nothing to keep
     same = previous is not None and all(
-        previous.get(k) == v for k, v in canonical_train(values).items()
+        recorded_option(previous, k) == v for k, v in canonical_train(values).items()
         if k not in ("resume", "overwrite"))
     if same and previous.get("result") and not previous["result"].get("interrupted"):
         return previous["result"], "reused"
