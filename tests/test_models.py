@@ -64,12 +64,19 @@ def test_a_folder_without_tokenizer_files_is_refused_not_trained_on(tmp_path, to
         vocab_size=4, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2))
     model.save_pretrained(tmp_path / "model")
-    with pytest.raises(NeftError, match="has no tokenizer files"):
+    with pytest.raises(NeftError, match="encodes text to nothing"):
         load_model(str(tmp_path / "model"))
     assert main(["train", "--model", str(tmp_path / "model"), "--train_file", toy_data_dir,
                  "--num_neurons", "2", "--max_steps", "1",
                  "--output_dir", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+    # a tokenizer_config.json with special tokens but no vocabulary encodes nothing either
+    (tmp_path / "model" / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "GPT2Tokenizer", "bos_token": "<s>", "eos_token": "</s>", '
+        '"pad_token": "<pad>", "unk_token": "<unk>"}')
+    with pytest.raises(NeftError, match="encodes text to nothing"):
+        load_model(str(tmp_path / "model"))
+
 
 def test_ensure_pad_token_keeps_an_existing_one():
     tokenizer = tiny_tokenizer(pad=True)

@@ -279,10 +279,11 @@ def load_model(
         raise NeftError(f"cannot load the tokenizer of {name_or_path!r} ({_first_line(exc)}); "
                         "save the tokenizer beside the model (tokenizer.save_pretrained)"
                         ) from exc
-    if len(tokenizer) < 2:  # no tokenizer files: transformers builds one that encodes nothing
-        raise NeftError(f"model {name_or_path!r} has no tokenizer files (the tokenizer "
-                        f"transformers made of it has {len(tokenizer)} token and encodes "
-                        "nothing); save the tokenizer beside the model (tokenizer.save_pretrained)")
+    if not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        # No vocabulary files: transformers builds a tokenizer that encodes nothing.
+        raise NeftError(f"the tokenizer of {name_or_path!r} encodes text to nothing (no "
+                        "vocabulary files beside the model?); save the tokenizer beside the "
+                        "model (tokenizer.save_pretrained)")
     ensure_pad_token(tokenizer)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
