@@ -191,7 +191,7 @@ def export_lora(adapter_dir: str, output_dir: str, *, model: str | None = None,
         write_text(os.path.join(staging, CARD_NAME),
                    lora_card(base, given, len(ranks),
                              (min(ranks.values()), top), max_rank))
-        _write_record(staging, "lora", given, base)
+        _write_record(staging, "lora", given, adapter_dir, base)
     report = {"output_dir": output_dir, "modules": len(ranks), "min_rank": min(ranks.values()),
               "max_rank": top, "padded_to": max_rank,
               "bytes": os.path.getsize(os.path.join(output_dir, WEIGHTS_NAME)),
@@ -249,7 +249,7 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     with staged_folder(output_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _write_record(staging, "merged", given, base_name)
+        _write_record(staging, "merged", given, adapter, base_name)
     return output_dir
 
 
@@ -259,11 +259,15 @@ def _check_export_dir(output_dir: str, overwrite: bool, inputs: list[str],
                      verb=verb, kind="a folder that neft export or neft merge wrote")
 
 
-def _write_record(folder: str, format: str, adapter: str, base: str) -> None:
-    """What the folder was made from: provenance, and the mark --overwrite looks for."""
-    source = os.path.abspath(adapter) if os.path.exists(adapter) else adapter  # or a Hub id
+def _write_record(folder: str, format: str, adapter: str, adapter_dir: str, base: str
+                  ) -> None:
+    """What the folder was made from: provenance, and the mark --overwrite looks for.
+    ``adapter`` as given (a folder, or a Hub id), ``adapter_dir`` the folder it was read from."""
+    local = os.path.expanduser(adapter)
     write_json(os.path.join(folder, EXPORT_RECORD),
-               {"format": format, "adapter": source,
+               {"format": format,
+                "adapter": os.path.abspath(local) if os.path.exists(local) else adapter,
+                "adapter_folder": os.path.abspath(adapter_dir),
                 "base_model": recorded_name(base) if base else base,
                 "neft_version": __version__})
 

@@ -29,15 +29,19 @@ def _is_adapter_only(path: str) -> bool:
             and not os.path.isfile(os.path.join(path, "config.json")))
 
 
-def _refuse_merged_twice(model: str, adapter: str) -> None:
-    """A model `neft merge` made from this adapter holds its deltas already."""
+def _refuse_merged_twice(model: str, adapter: str, adapter_dir: str) -> None:
+    """A model `neft merge` made from this adapter (given as ``adapter``, read from
+    ``adapter_dir``) holds its deltas already."""
     record = os.path.join(model, EXPORT_RECORD)
     if not os.path.isfile(record):
         return
     made = read_json(record)
-    source = made.get("adapter")
-    if (made.get("format") == "merged" and isinstance(source, str) and os.path.isdir(source)
-            and os.path.isdir(adapter) and os.path.samefile(source, adapter)):
+    if made.get("format") != "merged":
+        return
+    folders = [f for f in (made.get("adapter_folder"), made.get("adapter"))
+               if isinstance(f, str) and os.path.isdir(f)]
+    if made.get("adapter") == adapter or (os.path.isdir(adapter_dir) and any(
+            os.path.samefile(f, adapter_dir) for f in folders)):
         raise NeftError(f"model {model} is adapter {adapter} merged already "
                         f"({EXPORT_RECORD}): drop --adapter, or pass the base model")
 
@@ -58,11 +62,12 @@ def load_for_eval(
     """
     if model and adapter is None and _is_adapter_only(os.path.expanduser(model)):
         model, adapter = None, model
+    given = adapter
     if adapter:
         adapter = adapter_folder(adapter)
     saved = read_adapter_config(os.path.expanduser(adapter), peft=True) if adapter else {}
-    if model and adapter:
-        _refuse_merged_twice(os.path.expanduser(model), os.path.expanduser(adapter))
+    if model and adapter and given:
+        _refuse_merged_twice(os.path.expanduser(model), given, os.path.expanduser(adapter))
     base = model or saved.get("base_model_name_or_path") or EMBEDDED_NAMES[0]
     if base == EMBEDDED_ORIGIN:
         base = EMBEDDED_NAMES[0]
