@@ -92,8 +92,8 @@ class TrainConfig(DataOptions):
     save_total_limit: int | None = option("keep at most N checkpoints (best kept too)", 2)
     bf16: str = option("auto (on GPUs that support it), true or false", "auto")
     gradient_checkpointing: bool = option("recompute activations to save memory", False)
-    torch_compile: bool = option("compile the model with torch.compile (Trainer's option): "
-                                 "faster steps on a GPU after a first slow one", False)
+    torch_compile: bool = option("compile the model with torch.compile (Trainer's option; "
+                                 "the first steps compile)", False)
     resume: bool = option("continue from the last checkpoint in output_dir", False)
     overwrite: bool = option("replace an earlier run in output_dir", False)
     report_to: str = option("Trainer loggers (none, tensorboard, wandb, ...)", "none")
