@@ -201,13 +201,19 @@ def test_export_refuses_a_lora_peft_would_not_load(tmp_path: Path) -> None:
         export_lora(str(tmp_path / "adapter"), str(tmp_path / "out"), model=str(tmp_path / "base"))
     assert not (tmp_path / "out").exists()
 
-def test_export_merged_is_neft_merge(tiny_model_dir: str, tmp_path: Path) -> None:
+
+def _save_one_row_adapter(tiny_model_dir: str, folder: Path) -> None:
+    """An adapter of the saved tiny model whose one trained row moved by 0.5."""
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = get_neft_model(base, NeftConfig(neurons={"model.layers.0.mlp.up_proj": {"rows": [1]}},
                                             base_model_name_or_path=tiny_model_dir))
     with torch.no_grad():
         model.base_model.model.layers[0].mlp.up_proj.neft_delta_rows.fill_(0.5)
-    model.save_pretrained(tmp_path / "adapter")
+    model.save_pretrained(folder)
+
+
+def test_export_merged_is_neft_merge(tiny_model_dir: str, tmp_path: Path) -> None:
+    _save_one_row_adapter(tiny_model_dir, tmp_path / "adapter")
     adapter = str(tmp_path / "adapter")
     assert main(["export", "--adapter", adapter, "--format", "merged",
                  "--output_dir", str(tmp_path / "a")]) == 0
@@ -222,19 +228,13 @@ def test_export_merged_is_neft_merge(tiny_model_dir: str, tmp_path: Path) -> Non
         load_for_eval(str(tmp_path / "b"), adapter)
 
 
-
 def test_cli_takes_an_adapter_hub_id(tiny_model_dir: str, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`neft export`, `neft merge` and `load_for_eval` (`neft eval`) load an adapter by the
     Hub id push_to_hub gave it, as from_pretrained does, and record the id, not the cache."""
     import huggingface_hub
 
-    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_neft_model(base, NeftConfig(neurons={"model.layers.0.mlp.up_proj": {"rows": [1]}},
-                                            base_model_name_or_path=tiny_model_dir))
-    with torch.no_grad():
-        model.base_model.model.layers[0].mlp.up_proj.neft_delta_rows.fill_(0.5)
-    model.save_pretrained(tmp_path / "snapshot")
+    _save_one_row_adapter(tiny_model_dir, tmp_path / "snapshot")
     asked: list[str] = []
 
     def fake_snapshot_download(repo_id: str, **_: object) -> str:
