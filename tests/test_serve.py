@@ -254,6 +254,7 @@ def test_cli_takes_an_adapter_hub_id(tiny_model_dir: str, tmp_path: Path,
     assert torch.equal(loaded.model.layers[0].mlp.up_proj.weight,
                        merged.model.layers[0].mlp.up_proj.weight)
     assert asked == ["me/my-adapter"] * 3 and described["adapter_type"] == "neft"
+    assert described["adapter"] == "me/my-adapter"  # reports name the id, not the cache
     for adapter in ("me/my-adapter", str(tmp_path / "snapshot")):  # merged once is enough
         with pytest.raises(NeftError, match="merged already"):
             load_for_eval(str(tmp_path / "m"), adapter)

@@ -400,7 +400,7 @@ def analyze_utilization(
     if adapter and reference:
         raise NeftError("give either --adapter (compare the model with model + adapter) or "
                         "--reference (compare it with another checkpoint), not both")
-    adapter = adapter_folder(adapter) if adapter else None
+    given, adapter = adapter, adapter_folder(adapter) if adapter else None
     base = model or (_base_of(adapter) if adapter else None)
     if base is None:
         raise NeftError("--model is required: the model whose neurons to score "
@@ -431,7 +431,7 @@ def analyze_utilization(
     del loaded
     _free_memory()
     settings: dict[str, Any] = {
-        "model": base, "adapter": adapter, "reference": reference, "neurons": neurons,
+        "model": base, "adapter": given, "reference": reference, "neurons": neurons,
         "data": data, "split": split, "task": task, "template": template,
         "examples": len(examples), "max_length": max_length, "include_gate": include_gate,
         "target_modules": dict(target_modules) if target_modules else "preset",
@@ -441,13 +441,13 @@ def analyze_utilization(
         return UtilizationResult(first, settings=settings)
 
     loaded, _, described = load_for_eval(base if adapter else reference, adapter, dtype=dtype)
-    second = measure(adapter or reference or "", loaded, examples, pad_id)
+    second = measure(given or reference or "", loaded, examples, pad_id)
     del loaded
     _free_memory()
     trained = None
     if neurons:
         trained = load_set(neurons)
     elif described.get("adapter_type") == "neft":
-        trained = load_set(described["adapter"])
+        trained = load_set(adapter)
     comparison = compare(first, second, trained, threshold, buckets)
     return UtilizationResult(first, second, comparison, settings)

@@ -106,5 +106,5 @@ def load_for_eval(
     if torch.cuda.is_available():
         loaded = loaded.to("cuda")
     loaded.eval()
-    return loaded, tokenizer, {"model": base, "adapter": adapter,
+    return loaded, tokenizer, {"model": base, "adapter": given,
                                "adapter_type": kind.lower() if kind else None}
