@@ -237,7 +237,13 @@ def merge(model_name: str | None, adapter: str, output_dir: str, overwrite: bool
     """The base model with the adapter's deltas added (exact), saved whole with its
     tokenizer to ``output_dir`` (`neft merge`, `neft export --format merged`). ``adapter``:
     a folder, or the Hub id of one."""
-    given, adapter = adapter, adapter_folder(adapter)
+    return _merge(model_name, adapter, adapter_folder(adapter), output_dir, overwrite,
+                  trust_remote_code)
+
+
+def _merge(model_name: str | None, given: str, adapter: str, output_dir: str,
+           overwrite: bool, trust_remote_code: bool) -> str:
+    """merge, with the adapter as given and the folder it resolved to."""
     base_name = model_name or NeftModel.saved_base_name(adapter)
     _check_export_dir(output_dir, overwrite, [adapter, base_name], "merged")
     if model_name is None:
@@ -281,8 +287,9 @@ def export(adapter_dir: str, output_dir: str, format: str = "lora", *, model: st
     if format == "merged":
         if max_rank is not None:
             raise NeftError("--max_rank is for --format lora; a merged model has no rank")
-        check_neft_adapter(adapter_folder(adapter_dir))
-        merge(model, adapter_dir, output_dir, overwrite, trust_remote_code)
+        folder = adapter_folder(adapter_dir)  # resolved once: a Hub id is one download
+        check_neft_adapter(folder)
+        _merge(model, adapter_dir, folder, output_dir, overwrite, trust_remote_code)
         return {"output_dir": output_dir, "format": "merged"}
     return {**export_lora(adapter_dir, output_dir, model=model, max_rank=max_rank,
                           overwrite=overwrite, trust_remote_code=trust_remote_code),
